@@ -1,0 +1,257 @@
+"""Typed configuration: frozen dataclasses, named presets, and strict overrides.
+
+Config is data. A preset is a fully specified `ModelConfig`; YAML files and `key=value` overrides
+only change fields of a preset, and an unknown key is an error that suggests the closest field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+TASKS = ("panoptic", "instance", "semantic")
+
+# Backbone sizes (timm `vit_*_patch14_reg4_dinov2` architectures, patch 16 for EoMT).
+# L2 = number of final blocks that also process the queries (paper A.1).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=64, depth=4, num_heads=2, num_blocks=2, swiglu=False),  # tests/demo only
+    "small": dict(embed_dim=384, depth=12, num_heads=6, num_blocks=3, swiglu=False),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, num_blocks=3, swiglu=False),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16, num_blocks=4, swiglu=False),
+    "giant": dict(embed_dim=1536, depth=40, num_heads=24, num_blocks=5, swiglu=True),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that does not fit; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build an EoMT network and interpret its outputs.
+
+    The label space (class names, stuff ids) and the task live here too, so that a checkpoint that
+    carries its `ModelConfig` is enough to predict.
+    """
+
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    swiglu: bool = False  # SwiGLU MLP (giant); hidden = 2/3 * mlp_ratio * D rounded up to 8
+    patch_size: int = 16
+    img_size: tuple[int, int] = (640, 640)  # (H, W) the position embedding is stored at
+    num_register_tokens: int = 4
+    num_queries: int = 200  # K
+    num_blocks: int = 4  # L2
+    num_classes: int = 133  # C, without the no-object class
+    layerscale_init: float = 1e-5
+    layer_norm_eps: float = 1e-6
+    task: str = "panoptic"
+    class_names: tuple[str, ...] = ()
+    stuff_classes: tuple[int, ...] = ()  # class ids (0-based) that are stuff; the rest are things
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        h, w = self.img_size
+        if self.patch_size <= 0 or h % self.patch_size or w % self.patch_size:
+            raise ConfigError(
+                f"model.img_size: {tuple(self.img_size)} must be a multiple of the patch size "
+                f"{self.patch_size} on both sides"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"model.embed_dim: {self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if not 1 <= self.num_blocks <= self.depth:
+            raise ConfigError(f"model.num_blocks: {self.num_blocks} must be in [1, depth={self.depth}]")
+        if self.task not in TASKS:
+            raise ConfigError(_unknown("model.task", self.task, TASKS))
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"model.class_names: {len(self.class_names)} names for num_classes={self.num_classes}"
+            )
+        bad = [s for s in self.stuff_classes if not 0 <= s < self.num_classes]
+        if bad:
+            raise ConfigError(f"model.stuff_classes: ids {bad} outside [0, {self.num_classes})")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Token grid (H/p, W/p) at the stored input size."""
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    @property
+    def num_upscale(self) -> int:
+        """Number of 2x upscale blocks: patch 16 -> 2 (mask logits at H/4), as in the official code."""
+        return max(1, int(math.log2(self.patch_size)) - 2)
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.swiglu:
+            hidden = int(self.embed_dim * self.mlp_ratio * 2 / 3)
+            return (hidden + 7) // 8 * 8
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def thing_classes(self) -> tuple[int, ...]:
+        stuff = set(self.stuff_classes)
+        return tuple(i for i in range(self.num_classes) if i not in stuff)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        d["class_names"] = list(self.class_names)
+        d["stuff_classes"] = list(self.stuff_classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        return from_dict(cls, d, "model")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return from_dict(type(self), {**self.to_dict(), **changes}, "model")
+
+
+T = TypeVar("T")
+
+
+def _unknown(key: str, value: Any, choices: Any) -> str:
+    choices = [str(c) for c in choices]
+    hint = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+    msg = f"{key}: unknown value {value!r}"
+    if hint:
+        msg += f"; did you mean {hint[0]!r}?"
+    return msg + f" (expected one of: {', '.join(choices)})"
+
+
+def from_dict(cls: type[T], d: Mapping[str, Any], prefix: str) -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion.
+
+    Values are coerced to the field's declared type (lists to tuples, ints to floats) and a value
+    of the wrong kind is an error that names `prefix.key`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise ConfigError(_unknown(f"{prefix}", key, fields).replace("unknown value", "unknown key"))
+        kwargs[key] = _coerce(value, fields[key], f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if t.startswith("tuple"):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise TypeError
+            inner = t[len("tuple[") : -1].split(",")[0].strip()
+            conv = {"int": int, "float": float, "str": str}.get(inner, lambda v: v)
+            return tuple(_strict(conv, v) for v in value)
+        if t == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if t == "int":
+            return _strict(int, value)
+        if t == "float":
+            return float(value)
+        if t == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if t.startswith("str | None") or t.startswith("Optional[str]"):
+            return None if value is None else str(value)
+        if t.startswith("float | None"):
+            return None if value is None else float(value)
+        if t.startswith("int | None"):
+            return None if value is None else _strict(int, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {t}") from None
+    return value
+
+
+def _strict(conv: Any, v: Any) -> Any:
+    if conv is int:
+        if isinstance(v, bool):
+            raise TypeError
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError
+        if isinstance(v, str):
+            return int(v)
+        return int(v)
+    return conv(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: one per paper configuration (the names of the official hub repos, tue-mps/<name>).
+# ---------------------------------------------------------------------------------------------
+
+
+def _preset(name: str, size: str, img: int, task: str, dataset: str) -> ModelConfig:
+    from eomt import classes
+
+    names, stuff = classes.label_space(dataset, task)
+    s = SIZES[size]
+    return ModelConfig(
+        embed_dim=s["embed_dim"],
+        depth=s["depth"],
+        num_heads=s["num_heads"],
+        num_blocks=s["num_blocks"],
+        swiglu=s["swiglu"],
+        img_size=(img, img),
+        num_queries=100 if task == "semantic" else 200,
+        num_classes=len(names),
+        task=task,
+        class_names=tuple(names),
+        stuff_classes=tuple(stuff),
+        name=name,
+    )
+
+
+_PRESET_SPECS: dict[str, tuple[str, int, str, str]] = {
+    "coco_panoptic_eomt_small_640": ("small", 640, "panoptic", "coco"),
+    "coco_panoptic_eomt_base_640": ("base", 640, "panoptic", "coco"),
+    "coco_panoptic_eomt_large_640": ("large", 640, "panoptic", "coco"),
+    "coco_panoptic_eomt_large_1280": ("large", 1280, "panoptic", "coco"),
+    "coco_panoptic_eomt_giant_640": ("giant", 640, "panoptic", "coco"),
+    "coco_panoptic_eomt_giant_1280": ("giant", 1280, "panoptic", "coco"),
+    "coco_instance_eomt_large_640": ("large", 640, "instance", "coco"),
+    "coco_instance_eomt_large_1280": ("large", 1280, "instance", "coco"),
+    "ade20k_panoptic_eomt_large_640": ("large", 640, "panoptic", "ade20k"),
+    "ade20k_panoptic_eomt_large_1280": ("large", 1280, "panoptic", "ade20k"),
+    "ade20k_panoptic_eomt_giant_640": ("giant", 640, "panoptic", "ade20k"),
+    "ade20k_panoptic_eomt_giant_1280": ("giant", 1280, "panoptic", "ade20k"),
+    "ade20k_semantic_eomt_large_512": ("large", 512, "semantic", "ade20k"),
+    "cityscapes_semantic_eomt_large_1024": ("large", 1024, "semantic", "cityscapes"),
+}
+
+PRESET_NAMES: tuple[str, ...] = tuple(_PRESET_SPECS)
+
+
+def preset(name: str) -> ModelConfig:
+    """The `ModelConfig` of a named paper configuration, e.g. `coco_panoptic_eomt_large_640`.
+
+    Short names such as `eomt_large_640` resolve to the COCO panoptic row of that size.
+    """
+    key = name.split("/")[-1]
+    if key not in _PRESET_SPECS and f"coco_panoptic_{key}" in _PRESET_SPECS:
+        key = f"coco_panoptic_{key}"
+    if key not in _PRESET_SPECS:
+        raise ConfigError(_unknown("preset", name, PRESET_NAMES))
+    return _preset(key, *_PRESET_SPECS[key])
+
+
+def tiny_config(**overrides: Any) -> ModelConfig:
+    """A tiny EoMT for tests and the CPU demo (D=64, 4 blocks, 2 with queries)."""
+    base = dict(
+        embed_dim=64, depth=4, num_heads=2, num_blocks=2, img_size=(64, 64), num_queries=8,
+        num_classes=5, name="tiny",
+    )
+    base.update(overrides)
+    return from_dict(ModelConfig, base, "model")
