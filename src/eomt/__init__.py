@@ -1,0 +1,29 @@
+"""eomt: the Encoder-only Mask Transformer for panoptic, instance and semantic segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eomt.config import ModelConfig, preset
+from eomt.models import EoMT, EoMTOutput
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Predictor": "eomt.inference.predictor",
+    "load_model": "eomt.checkpoints",
+    "save_model": "eomt.checkpoints",
+    "save_transformers": "eomt.checkpoints",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Heavier modules load on first use so that `import eomt` stays fast.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'eomt' has no attribute {name!r}")
+
+
+__all__ = ["EoMT", "EoMTOutput", "ModelConfig", "preset", "__version__", *_LAZY]

@@ -1,0 +1,181 @@
+"""EoMT: a plain ViT whose last L2 blocks also process K learnable queries.
+
+Token order after query injection: [queries (K) | cls | registers (R) | patches (N)].
+The mask module (class head, 3-layer MLP, two 2x upscale blocks, dot product) turns the query tokens
+into class logits (B, K, C+1) and mask logits (B, K, H/4, W/4).
+
+Masked attention (training, and inference while annealing is unfinished): before each of the last
+L2 blocks an intermediate prediction is made from the shared final norm, and each query may attend
+only to the patches where its bilinearly downsampled mask logits are > 0. Block j lifts the mask of
+each query with probability 1 - p_j (`attn_mask_probs`). When every p_j is 0 (a trained model),
+inference is a plain ViT: no intermediate prediction is made and no mask is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eomt.config import ModelConfig
+from eomt.models.vit import ViT
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EoMTOutput(NamedTuple):
+    """Predictions of one forward pass.
+
+    mask_logits: (B, K, H/4, W/4) and class_logits: (B, K, C+1) of the final prediction.
+    mask_logits_per_block / class_logits_per_block: the intermediate predictions made before each
+    query block where masked attention ran (first query block first); empty for a plain forward.
+    """
+
+    mask_logits: Tensor
+    class_logits: Tensor
+    mask_logits_per_block: list[Tensor]
+    class_logits_per_block: list[Tensor]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class ScaleBlock(nn.Module):
+    """2x upscale: ConvTranspose 2x2/2 -> GELU -> depthwise 3x3 (no bias) -> LayerNorm2d."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv2(self.act(self.conv1(x))))
+
+
+class EoMT(nn.Module):
+    """The Encoder-only Mask Transformer.
+
+    `forward(images)` takes RGB in [0, 1] as a float tensor (B, 3, H, W), H and W multiples of the
+    patch size (uint8 in [0, 255] is accepted too); ImageNet normalisation happens inside.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, k = config.embed_dim, config.num_queries
+        self.backbone = ViT(config)
+        self.q = nn.Embedding(k, d)
+        self.class_head = nn.Linear(d, config.num_classes + 1)
+        self.mask_head = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
+        )
+        self.upscale = nn.Sequential(*(ScaleBlock(d) for _ in range(config.num_upscale)))
+        self.register_buffer("attn_mask_probs", torch.ones(config.num_blocks))
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Which query blocks mask attention (p_j > 0), kept as Python bools so that the forward has
+        # no data-dependent branch on a tensor (torch.compile / torch.export friendly).
+        self._mask_active: tuple[bool, ...] = (True,) * config.num_blocks
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_active())
+
+    # ------------------------------------------------------------------ annealing state
+    def set_attn_mask_probs(self, probs: Tensor | list[float] | tuple[float, ...]) -> None:
+        """Set the per-block masking probabilities p_j (1 = always masked, 0 = never)."""
+        probs = torch.as_tensor(probs, dtype=self.attn_mask_probs.dtype)
+        if probs.shape != self.attn_mask_probs.shape:
+            raise ValueError(
+                f"attn_mask_probs: expected {self.config.num_blocks} values, got {tuple(probs.shape)}"
+            )
+        with torch.no_grad():
+            self.attn_mask_probs.copy_(probs)
+        self._sync_mask_active()
+
+    def _sync_mask_active(self) -> None:
+        self._mask_active = tuple(bool(p > 0) for p in self.attn_mask_probs.tolist())
+
+    @property
+    def masked_attention_active(self) -> bool:
+        """True while any query block still masks attention (annealing unfinished)."""
+        return any(self._mask_active)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor) -> EoMTOutput:
+        cfg = self.config
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        x = (images - self.pixel_mean) / self.pixel_std
+        x, grid = self.backbone.embed(x)  # (B, 1+R+N, D)
+        first = cfg.depth - cfg.num_blocks
+        masks_per_block: list[Tensor] = []
+        classes_per_block: list[Tensor] = []
+        for i, block in enumerate(self.backbone.blocks):
+            if i == first:
+                queries = self.q.weight[None].expand(x.shape[0], -1, -1).to(x.dtype)  # (B, K, D)
+                x = torch.cat([queries, x], dim=1)
+            attn_mask = None
+            if i >= first:
+                j = i - first
+                if self.training or self._mask_active[j]:
+                    mask_logits, class_logits = self._predict(self.backbone.norm(x), grid)
+                    masks_per_block.append(mask_logits)
+                    classes_per_block.append(class_logits)
+                    if self._mask_active[j]:
+                        attn_mask = self._attn_mask(mask_logits, grid, self.attn_mask_probs[j], x.shape[1])
+            x = block(x, attn_mask)
+        mask_logits, class_logits = self._predict(self.backbone.norm(x), grid)
+        return EoMTOutput(mask_logits, class_logits, masks_per_block, classes_per_block)
+
+    def _predict(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Mask module on normed tokens (B, K+1+R+N, D) -> mask (B, K, 4h, 4w), class (B, K, C+1)."""
+        k = self.config.num_queries
+        q = x[:, :k]  # (B, K, D)
+        class_logits = self.class_head(q)
+        patches = x[:, k + self.backbone.num_prefix_tokens :]  # (B, N, D)
+        patches = patches.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])  # (B, D, h, w)
+        features = self.upscale(patches)  # (B, D, 4h, 4w)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(q), features)
+        return mask_logits, class_logits
+
+    def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
+        """Boolean (B, 1, N, N) attention mask: query->patch allowed where the mask logit > 0.
+
+        Each query's restriction is lifted with probability 1 - prob (a fresh draw every call).
+        """
+        b, k = mask_logits.shape[:2]
+        start = k + self.backbone.num_prefix_tokens
+        inside = F.interpolate(mask_logits, size=grid, mode="bilinear").flatten(2) > 0  # (B, K, N_p)
+        lifted = torch.rand(b, k, device=mask_logits.device) > prob  # (B, K)
+        inside = inside | lifted[..., None]
+        mask = torch.ones(b, n, n, dtype=torch.bool, device=mask_logits.device)
+        mask[:, :k, start:] = inside
+        return mask[:, None]  # (B, 1, N, N), broadcast over heads
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_config(cls, config: ModelConfig | str, **overrides: Any) -> "EoMT":
+        """A randomly initialised model from a `ModelConfig` or a preset name."""
+        from eomt.config import preset
+
+        cfg = preset(config) if isinstance(config, str) else config
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        return cls(cfg)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "EoMT":
+        """Load weights from any supported source (see `eomt.checkpoints.load_model`)."""
+        from eomt.checkpoints import load_model
+
+        return load_model(source, **kwargs)
