@@ -113,6 +113,13 @@ class EoMT(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor) -> EoMTOutput:
         cfg = self.config
+        h, w = images.shape[-2:]
+        p = cfg.patch_size
+        if images.ndim != 4 or images.shape[1] != 3 or h % p or w % p:
+            raise ValueError(
+                f"images: expected a (B, 3, H, W) tensor with H and W multiples of {p}, "
+                f"got shape {tuple(images.shape)}"
+            )
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
         x = (images - self.pixel_mean) / self.pixel_std

@@ -1,0 +1,87 @@
+"""`eomt VERB ...`: one verb-first command line over the library.
+
+Each verb lives in `eomt.commands.<verb>` and exposes `add_arguments(parser)` and `run(args) -> int`.
+This module only dispatches; a mistyped verb is answered with the closest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+VERBS: dict[str, str] = {
+    "predict": "segment images, folders or globs and write results and overlay pictures",
+    "train": "train a model from a config (YAML or preset) with key=value overrides",
+    "eval": "evaluate a checkpoint on a dataset (PQ, mIoU, AP)",
+    "data": "dataset tools: `eomt data check ...`",
+    "bench": "measure latency, throughput, FLOPs and memory",
+    "export": "export the network to ONNX, TorchScript or an ExportedProgram",
+    "convert": "convert a checkpoint between the official, transformers and eomt formats",
+    "demo": "train, evaluate and predict on the built-in synthetic dataset (no downloads)",
+    "configs": "list the named presets and print a config with every default",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eomt",
+        description="EoMT: the Encoder-only Mask Transformer (panoptic, instance, semantic).",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, help_text in VERBS.items():
+        try:
+            module = importlib.import_module(f"eomt.commands.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name != f"eomt.commands.{verb}":
+                raise
+            continue  # verb not available in this build
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # type: ignore[union-attr]
+    if argv and not argv[0].startswith("-") and argv[0] not in known:
+        hint = difflib.get_close_matches(argv[0], sorted(known), n=1, cutoff=0.5)
+        msg = f"eomt: unknown command {argv[0]!r}"
+        if hint:
+            msg += f"; did you mean {hint[0]!r}?"
+        print(msg + f" (commands: {', '.join(sorted(known))})", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    if args.version:
+        from eomt import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("eomt: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        # Boundary errors carry a one-line message naming the file or field.
+        if args.verbose:
+            raise
+        print(f"eomt {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
