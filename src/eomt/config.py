@@ -255,3 +255,184 @@ def tiny_config(**overrides: Any) -> ModelConfig:
     )
     base.update(overrides)
     return from_dict(ModelConfig, base, "model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training experiments: data + schedule + engine settings, loaded from YAML with overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to read and how to batch and augment it (paper A.2)."""
+
+    dataset: str = "synthetic"  # a name known to eomt.data.registry.build_dataset
+    root: str = ""  # folder with the archives / files
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 4  # per device; the paper's total is 16
+    num_workers: int = 2
+    scale_range: tuple[float, float] = (0.1, 2.0)  # large-scale jitter; semantic: (0.5, 2.0)
+    color_jitter: bool = False
+    options: tuple[tuple[str, Any], ...] = ()  # dataset-specific keyword arguments
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size: {self.batch_size} must be >= 1")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range: {self.scale_range} must satisfy 0 < min <= max")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedules, loss constants and engine settings (official defaults, paper 4.1/A.2)."""
+
+    epochs: int = 12
+    max_steps: int = -1  # > 0 overrides epochs
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    llrd: float = 0.8
+    llrd_l2_enabled: bool = True
+    warmup_steps: tuple[int, int] = (500, 1000)  # heads alone, then the ViT
+    poly_power: float = 0.9
+    mask_annealing: bool = True
+    # Per-block annealing windows as fractions of training ((start, end), ...); () = the official
+    # staggered windows for num_blocks.
+    anneal_windows: tuple[tuple[float, float], ...] = ()
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    grad_clip: float = 0.01
+    precision: str = "bf16-mixed"  # or "16-mixed", "32-true"
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: str = "1"  # Lightning syntax: "1", "4", "0,1", "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 10
+    out_dir: str = "runs/eomt"
+    init: str = ""  # DINOv2 backbone weights or an EoMT checkpoint to start from
+    load_class_head: bool = True
+    # Post-processing thresholds used by validation (official: 0.8 / 0.8).
+    mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true"):
+            raise ConfigError(
+                _unknown("train.precision", self.precision, ("bf16-mixed", "16-mixed", "32-true"))
+            )
+        for key in ("lr", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 0")
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ConfigError("train.epochs: must be >= 1 unless train.max_steps is set")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A full training run: the network, its data and its recipe."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self.data)
+        data["options"] = dict(self.data.options)
+        data["scale_range"] = list(self.data.scale_range)
+        train = dataclasses.asdict(self.train)
+        train["warmup_steps"] = list(self.train.warmup_steps)
+        train["anneal_windows"] = [list(w) for w in self.train.anneal_windows]
+        return {"model": self.model.to_dict(), "data": data, "train": train}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        unknown = set(d) - {"model", "data", "train"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(_unknown("config", key, ("model", "data", "train")).replace("value", "section"))
+        model = dict(d.get("model", {}))
+        base = preset(model.pop("preset")).to_dict() if "preset" in model else {}
+        data = dict(d.get("data", {}))
+        if "options" in data:
+            opts = data["options"] or {}
+            if not isinstance(opts, Mapping):
+                raise ConfigError(f"data.options: expected a mapping, got {opts!r}")
+            data["options"] = tuple(sorted(opts.items()))
+        train = dict(d.get("train", {}))
+        if "anneal_windows" in train:
+            train["anneal_windows"] = tuple(tuple(float(v) for v in w) for w in train["anneal_windows"])
+        if "devices" in train:
+            train["devices"] = str(train["devices"])
+        return cls(
+            model=from_dict(ModelConfig, {**base, **model}, "model"),
+            data=from_dict(DataConfig, data, "data"),
+            train=from_dict(TrainConfig, train, "train"),
+        )
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
+        section = out.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"override {item!r}: {parts[0]!r} is not a section")
+        node = section
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def load_experiment(source: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment file (or a preset name) and apply `key=value` overrides."""
+    import os
+
+    import yaml
+
+    if os.path.exists(source):
+        try:
+            with open(source, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with model/data/train sections")
+    elif source.endswith((".yaml", ".yml")):
+        raise FileNotFoundError(f"{source}: config file not found")
+    else:
+        raw = {"model": {"preset": source}}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
