@@ -1,0 +1,299 @@
+"""Reading annotated images where they lie: zip archives (also a zip inside a zip) and folders.
+
+A `Source` lists members under a folder and decodes images and PNGs; `ZipSource` opens its archive
+lazily and once per process, so a dataset can be pickled into (or forked into) DataLoader workers
+and each worker reopens its own handle. `SegmentationDataset` is the small base every dataset of
+this package shares: label space, `transform`, and the per-image check used by `eomt check`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from eomt.structures import Target
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_EXIF_ORIENTATION = 0x0112
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
+
+
+class DatasetError(ValueError):
+    """Bad dataset input (missing or unreadable file, unknown id); the message names the file."""
+
+
+def natural_key(member: str) -> tuple[float, str]:
+    """Sort key: the first integer in the file's base name, then the full name (ties, no digits)."""
+    match = re.search(r"\d+", PurePosixPath(member).name)
+    return (int(match.group()) if match else float("inf"), member)
+
+
+def _folder(folder: str) -> str:
+    """'./train2017/' -> 'train2017'; '' or '.' -> '' (the root)."""
+    parts = [p for p in PurePosixPath(folder.replace("\\", "/")).parts if p not in (".", "/")]
+    return "/".join(parts)
+
+
+def join(folder: str, name: str) -> str:
+    """Member path `folder/name` with the folder normalised ('' means the root)."""
+    folder = _folder(folder)
+    return f"{folder}/{name}" if folder else name
+
+
+class Source:
+    """A tree of files addressed by posix member paths; subclasses provide `read_bytes`/`exists`."""
+
+    name: str
+
+    def read_bytes(self, member: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, member: str) -> bool:
+        raise NotImplementedError
+
+    def members(self) -> list[str]:
+        """Every file member (no folders)."""
+        raise NotImplementedError
+
+    def list(self, folder: str, suffix: str | tuple[str, ...]) -> list[str]:
+        """Members under `folder` (recursively) ending with `suffix`, sorted by `natural_key`."""
+        prefix = _folder(folder)
+        prefix = prefix + "/" if prefix else ""
+        suffixes = tuple(s.lower() for s in ((suffix,) if isinstance(suffix, str) else suffix))
+        found = [m for m in self.members() if m.startswith(prefix) and m.lower().endswith(suffixes)]
+        return sorted(found, key=natural_key)
+
+    def where(self, member: str) -> str:
+        """Human-readable location of a member for error messages."""
+        return f"{self.name}: {member}"
+
+    def read_json(self, member: str) -> Any:
+        """Parsed JSON member."""
+        try:
+            return json.loads(self.read_bytes(member))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{self.where(member)}: invalid JSON ({e})") from None
+
+    def _open_image(self, member: str) -> Image.Image:
+        data = self.read_bytes(member)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()  # decode now, so a truncated file fails here and not later
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
+        return img
+
+    def read_image(self, member: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, EXIF orientation applied."""
+        img = ImageOps.exif_transpose(self._open_image(member))
+        return np.asarray(img.convert("RGB"))
+
+    def read_png(self, member: str) -> np.ndarray:
+        """Raw stored values: (H, W) for L/P/I;16 (palette indices, not colours), (H, W, C) else."""
+        return np.asarray(self._open_image(member))
+
+    def image_size(self, member: str) -> tuple[int, int]:
+        """(H, W) after EXIF orientation, from the header only (the file is not decoded)."""
+        try:
+            with Image.open(io.BytesIO(self.read_bytes(member))) as img:
+                w, h = img.size
+                if img.getexif().get(_EXIF_ORIENTATION) in _SWAPPING_ORIENTATIONS:
+                    w, h = h, w
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
+        return h, w
+
+
+class FolderSource(Source):
+    """Files of a plain folder; members are posix paths relative to it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.name = str(self.root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: folder not found")
+        self._members: list[str] | None = None
+
+    def members(self) -> list[str]:
+        if self._members is None:
+            self._members = [p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()]
+        return self._members
+
+    def exists(self, member: str) -> bool:
+        return (self.root / member).is_file()
+
+    def where(self, member: str) -> str:
+        return str(self.root / member)
+
+    def read_bytes(self, member: str) -> bytes:
+        try:
+            return (self.root / member).read_bytes()
+        except FileNotFoundError:
+            raise DatasetError(f"{self.root / member}: file not found") from None
+        except OSError as e:
+            raise DatasetError(f"{self.root / member}: cannot read ({e})") from None
+
+
+class ZipSource(Source):
+    """Members of a zip archive, or of a zip stored inside it (`inner`, read into memory).
+
+    The handle is opened on first use and cached per process: a forked DataLoader worker sees a
+    different pid and reopens, and pickling (spawned workers) drops the handle.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], inner: str | None = None) -> None:
+        self.path = Path(path)
+        self.inner = _folder(inner) if inner else None
+        self.name = f"{self.path}!{self.inner}" if self.inner else str(self.path)
+        if not self.path.is_file():
+            raise DatasetError(f"{self.path}: archive not found")
+        self._handle: zipfile.ZipFile | None = None
+        self._pid: int | None = None
+        zf = self._zip()
+        self._names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        self._name_set = frozenset(self._names)
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._handle is None or self._pid != os.getpid():
+            try:
+                outer = zipfile.ZipFile(self.path)
+                if self.inner is not None:
+                    try:
+                        data = outer.read(self.inner)
+                    except KeyError:
+                        raise DatasetError(f"{self.path}: member {self.inner} not found") from None
+                    finally:
+                        outer.close()
+                    outer = zipfile.ZipFile(io.BytesIO(data))
+            except zipfile.BadZipFile as e:
+                raise DatasetError(f"{self.name}: not a valid zip archive ({e})") from None
+            self._handle, self._pid = outer, os.getpid()
+        return self._handle
+
+    def members(self) -> list[str]:
+        return self._names
+
+    def exists(self, member: str) -> bool:
+        return member in self._name_set
+
+    def read_bytes(self, member: str) -> bytes:
+        try:
+            return self._zip().read(member)
+        except KeyError:
+            raise DatasetError(f"{self.where(member)}: member not found in archive") from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DatasetError(f"{self.where(member)}: cannot read ({e})") from None
+
+    def close(self) -> None:
+        """Close this process's handle (reopened on the next read)."""
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = state["_pid"] = None  # workers reopen their own handle
+        return state
+
+
+def resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w, ...) array of ids to (H, W) (torch 'nearest' rule)."""
+    h, w = values.shape[:2]
+    if (h, w) == tuple(size):
+        return values
+    rows = np.minimum((np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
+    return values[rows[:, None], cols[None, :]]
+
+
+def target_from_ids(id_map: np.ndarray, ids: np.ndarray, labels: np.ndarray, is_crowd: np.ndarray) -> Target:
+    """One mask per id of `ids` found in `id_map` (H, W); ids absent from the map are dropped."""
+    idm = torch.from_numpy(np.ascontiguousarray(id_map, dtype=np.int64))
+    masks = idm[None] == torch.from_numpy(np.asarray(ids, dtype=np.int64))[:, None, None]  # (N, H, W)
+    keep = masks.flatten(1).any(1)
+    return Target(
+        masks[keep],
+        torch.as_tensor(np.asarray(labels, dtype=np.int64))[keep],
+        torch.as_tensor(np.asarray(is_crowd, dtype=bool))[keep],
+    )
+
+
+def target_from_label_map(label_map: np.ndarray) -> Target:
+    """One mask per class present in an (H, W) class map; negative values are unlabelled."""
+    classes = np.unique(label_map)
+    classes = classes[classes >= 0]
+    return target_from_ids(label_map, classes, classes, np.zeros(len(classes), dtype=bool))
+
+
+@dataclass
+class ItemCheck:
+    """Result of checking one image: messages name the files; labels are the segments' classes."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+Transform = Callable[[np.ndarray, Target], Any]
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Base of every dataset: yields `(image uint8 (H, W, 3), Target)`, then `transform` if set.
+
+    Subclasses implement `__len__`, `load(i)` and `item_name(i)`; indexing problems found while
+    reading the annotation files go to `index_errors` / `index_warnings` (reported by `check`).
+    """
+
+    def __init__(self, class_names: list[str] | tuple[str, ...], stuff_classes: list[int] | tuple[int, ...],
+                 transform: Transform | None = None) -> None:
+        self.class_names = tuple(class_names)
+        self.stuff_classes = tuple(int(c) for c in stuff_classes)
+        self.transform = transform
+        self.index_errors: list[str] = []
+        self.index_warnings: list[str] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, Target]:
+        """The untransformed sample: image (H, W, 3) uint8 and its Target at the image size."""
+        raise NotImplementedError
+
+    def item_name(self, index: int) -> str:
+        """Where image `index` lives, for messages."""
+        return f"item {index}"
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        image, target = self.load(index % len(self))
+        if self.transform is not None:
+            return self.transform(image, target)
+        return image, target
+
+    def check_item(self, index: int, read_images: bool = True) -> ItemCheck:
+        """Load image `index` and report what fails; subclasses add format-specific checks."""
+        out = ItemCheck()
+        try:
+            _, target = self.load(index)
+        except DatasetError as e:
+            out.errors.append(str(e))
+            return out
+        out.labels = target.labels.numpy()
+        if len(target) == 0:
+            out.warnings.append(f"{self.item_name(index)}: no segments")
+        return out
