@@ -1,0 +1,243 @@
+"""Mask-classification loss of EoMT: point-sampled BCE + dice on matched masks, and a weighted
+cross-entropy over all queries, applied to every prediction block.
+
+Exact constants of the official code: 12544 points per mask (37632 candidates, the 9408 most
+uncertain kept, 3136 uniform added), no-object weight 0.1, total = 5 * mask + 5 * dice + 2 * CE
+summed over blocks, mask losses divided by the matched-mask count averaged over processes.
+The losses are batched over images: matched pairs of the whole batch are gathered into one
+tensor; only the assignment solve in `hungarian_match` runs per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eomt.training.matcher import BatchTargets, TargetLike, hungarian_match, stack_targets
+from eomt.training.points import point_sample, uncertain_points
+
+LOSS_KEYS = ("loss_mask", "loss_dice", "loss_cross_entropy")
+
+
+def sigmoid_bce_loss(logits: Tensor, labels: Tensor, num_masks: Tensor | float) -> Tensor:
+    """Per-mask mean BCE-with-logits over points, summed over masks, over `num_masks`.
+
+    logits, labels: (M, P); labels in [0, 1].
+    """
+    per_point = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (M, P)
+    return per_point.mean(1).sum() / num_masks
+
+
+def dice_loss(logits: Tensor, labels: Tensor, num_masks: Tensor | float) -> Tensor:
+    """Summed dice loss 1 - (2 p.t + 1) / (sum p + sum t + 1) over masks, over `num_masks`.
+
+    logits, labels: (M, P).
+    """
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * labels).sum(-1)
+    denominator = probs.sum(-1) + labels.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def classification_loss(
+    class_logits: Tensor,
+    batch_idx: Tensor,
+    pred_idx: Tensor,
+    labels: Tensor,
+    no_object_weight: float | Tensor = 0.1,
+) -> Tensor:
+    """Weighted cross-entropy over all B * Q queries.
+
+    class_logits (B, Q, C+1); matched query `pred_idx` of image `batch_idx` gets class `labels`
+    (all (M,)); every other query gets the no-object class C, whose weight is `no_object_weight`
+    (a float, or the full (C+1,) weight vector). Mean weighted by the class weights, as
+    `nn.CrossEntropyLoss(weight=...)`.
+    """
+    batch, num_queries, num_outputs = class_logits.shape
+    if isinstance(no_object_weight, Tensor):
+        weight = no_object_weight.to(device=class_logits.device, dtype=torch.float32)
+    else:
+        weight = class_logits.new_ones(num_outputs, dtype=torch.float32)
+        weight[-1] = no_object_weight
+    target = torch.full(
+        (batch, num_queries), num_outputs - 1, dtype=torch.int64, device=class_logits.device
+    )  # (B, Q), all no-object
+    target[batch_idx, pred_idx] = labels
+    return F.cross_entropy(class_logits.float().flatten(0, 1), target.flatten(), weight=weight)
+
+
+def average_num_masks(count: int, device: torch.device) -> Tensor:
+    """Matched-mask count averaged over processes (sum / world size), clamped to >= 1.
+
+    Every process then divides by the same number, so gradients match one big batch.
+    """
+    num = torch.tensor(float(count), device=device)
+    world_size = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        world_size = dist.get_world_size()
+    return torch.clamp(num / world_size, min=1.0)
+
+
+def block_suffix(index: int, num_predictions: int) -> str:
+    """Key suffix of prediction `index` of `num_predictions`: `_block_{k}`, k = -(n-1)..-1; the
+    final prediction has none (the official logging names)."""
+    k = index - (num_predictions - 1)
+    return "" if k == 0 else f"_block_{k}"
+
+
+class MaskClassificationLoss(nn.Module):
+    """The EoMT training criterion (matching + mask, dice and class losses).
+
+    `forward` scores one prediction; `forward_blocks` scores every block and sums them with the
+    loss coefficients. Random points come from `generator` (on the logits' device) when given.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        mask_coefficient: float = 5.0,
+        dice_coefficient: float = 5.0,
+        class_coefficient: float = 2.0,
+        no_object_coefficient: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.coefficients = {
+            "loss_mask": mask_coefficient,
+            "loss_dice": dice_coefficient,
+            "loss_cross_entropy": class_coefficient,
+        }
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_coefficient
+        # Not persistent: a constant of the config, kept out of checkpoints.
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def forward(
+        self,
+        mask_logits: Tensor,
+        class_logits: Tensor,
+        targets: Sequence[TargetLike] | BatchTargets,
+        *,
+        num_masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        match_points: Tensor | None = None,
+        loss_points: tuple[Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Losses {loss_mask, loss_dice, loss_cross_entropy} of one prediction.
+
+        mask_logits (B, Q, h, w); class_logits (B, Q, C+1); targets per image. `num_masks`
+        defaults to the matched count averaged over processes. `match_points` (B, P, 2) and
+        `loss_points` = (candidates (M, 3P, 2), uniform (M, P/4, 2)) replace the random draws,
+        to reproduce another implementation exactly.
+        """
+        if not isinstance(targets, BatchTargets):
+            targets = stack_targets(targets)
+        indices = hungarian_match(
+            class_logits,
+            mask_logits,
+            targets,
+            num_points=self.num_points,
+            cost_class=self.coefficients["loss_cross_entropy"],
+            cost_mask=self.coefficients["loss_mask"],
+            cost_dice=self.coefficients["loss_dice"],
+            point_coords=match_points,
+            generator=generator,
+        )
+        batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])  # (M,)
+        pred_idx = torch.cat([src for src, _ in indices])  # (M,)
+        tgt_idx = torch.cat([tgt + off for (_, tgt), off in zip(indices, targets.offsets)])  # (M,)
+        if num_masks is None:
+            num_masks = average_num_masks(int(pred_idx.numel()), mask_logits.device)
+        losses = self._mask_losses(
+            mask_logits[batch_idx, pred_idx], targets.masks[tgt_idx], num_masks, generator, loss_points
+        )
+        losses["loss_cross_entropy"] = classification_loss(
+            class_logits, batch_idx, pred_idx, targets.labels[tgt_idx], self.empty_weight
+        )
+        return losses
+
+    def _mask_losses(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        num_masks: Tensor,
+        generator: torch.Generator | None,
+        loss_points: tuple[Tensor, Tensor] | None,
+    ) -> dict[str, Tensor]:
+        """Point-sampled BCE and dice of matched pairs: pred (M, h, w) logits, target (M, H, W)."""
+        if pred.shape[0] == 0:
+            zero = pred.sum() * 0.0  # keeps the graph connected when a batch has no targets
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+        pred = pred.float()
+        candidates, extra = loss_points if loss_points is not None else (None, None)
+        coords = uncertain_points(
+            pred,
+            self.num_points,
+            self.oversample_ratio,
+            self.importance_sample_ratio,
+            generator=generator,
+            candidates=candidates,
+            extra=extra,
+        )  # (M, P, 2)
+        with torch.no_grad():
+            labels = point_sample(target.unsqueeze(1), coords).squeeze(1)  # (M, P)
+        logits = point_sample(pred.unsqueeze(1), coords).squeeze(1)  # (M, P)
+        return {
+            "loss_mask": sigmoid_bce_loss(logits, labels, num_masks),
+            "loss_dice": dice_loss(logits, labels, num_masks),
+        }
+
+    def forward_blocks(
+        self,
+        mask_logits_per_block: Sequence[Tensor],
+        class_logits_per_block: Sequence[Tensor],
+        targets: Sequence[TargetLike] | BatchTargets,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Score every prediction (intermediate blocks first, final last), each with its own matching.
+
+        Returns (weighted total, per-block losses); keys get `block_suffix` (`loss_dice_block_-2`,
+        ..., plain `loss_dice` for the final prediction).
+        """
+        if len(mask_logits_per_block) != len(class_logits_per_block) or not mask_logits_per_block:
+            raise ValueError(
+                f"expected as many mask as class predictions (>= 1), got "
+                f"{len(mask_logits_per_block)} and {len(class_logits_per_block)}"
+            )
+        if not isinstance(targets, BatchTargets):
+            targets = stack_targets(targets)  # cast the masks once for all blocks
+        num_queries = class_logits_per_block[0].shape[1]
+        # Every block matches min(Q, N) targets per image: one all_reduce serves all blocks.
+        matched = sum(min(num_queries, n) for n in targets.counts)
+        num_masks = average_num_masks(matched, mask_logits_per_block[0].device)
+        losses: dict[str, Tensor] = {}
+        n = len(mask_logits_per_block)
+        for i, (mask_logits, class_logits) in enumerate(zip(mask_logits_per_block, class_logits_per_block)):
+            block = self(mask_logits, class_logits, targets, num_masks=num_masks, generator=generator)
+            losses.update({f"{key}{block_suffix(i, n)}": value for key, value in block.items()})
+        return self.weighted_total(losses), losses
+
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        """Sum of every loss times its coefficient (5 mask, 5 dice, 2 cross-entropy)."""
+        total = None
+        for key, value in losses.items():
+            base = key.split("_block_")[0]
+            if base not in self.coefficients:
+                raise ValueError(f"loss key {key!r}: expected one of {LOSS_KEYS} (with a block suffix)")
+            term = self.coefficients[base] * value
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("losses: expected at least one loss, got an empty dict")
+        return total
