@@ -1,0 +1,42 @@
+"""Checkpoints: load any EoMT checkpoint, save our own format, convert to transformers / official.
+
+- `load_model(source, ...)`: our safetensors file, our Lightning `.ckpt`, an official release
+  (`pytorch_model.bin` / `.ckpt`), a transformers folder, or a hub id -> `EoMT`.
+- `save_model(model, path, extra)`: one safetensors file carrying the full `ModelConfig`.
+- `save_transformers(model, folder)`: a folder `EomtForUniversalSegmentation.from_pretrained` reads.
+- `to_official_state_dict(model)` / `save_official(model, path)`: the official `network.*` layout.
+- `load_dinov2_backbone(model, source)`: DINOv2 weights (timm or torch-hub) for training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eomt.checkpoints.dinov2 import BackboneReport, load_dinov2_backbone, resample_patch_embed
+from eomt.checkpoints.fit import FitReport
+from eomt.checkpoints.hf import save_transformers
+from eomt.checkpoints.io import CheckpointError, save_torch
+from eomt.checkpoints.loader import load_model
+from eomt.checkpoints.native import read_metadata, save_model
+from eomt.checkpoints.official import to_official_state_dict
+from eomt.models.eomt import EoMT
+
+
+def save_official(model: EoMT, path: str | Path) -> Path:
+    """Write `to_official_state_dict(model)` with `torch.save`, atomically (e.g. pytorch_model.bin)."""
+    return save_torch(to_official_state_dict(model), Path(path))
+
+
+__all__ = [
+    "BackboneReport",
+    "CheckpointError",
+    "FitReport",
+    "load_dinov2_backbone",
+    "load_model",
+    "read_metadata",
+    "resample_patch_embed",
+    "save_model",
+    "save_official",
+    "save_transformers",
+    "to_official_state_dict",
+]

@@ -1,0 +1,73 @@
+"""Hugging Face hub ids (`tue-mps/coco_panoptic_eomt_large_640`) resolved to a local folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from eomt.checkpoints.io import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".json")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`owner/name` that is not a local path and does not end like a file."""
+    return bool(_HUB_ID.match(source)) and not source.lower().endswith(_FILE_SUFFIXES) and not Path(source).exists()
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """Fetch the weights and config of `repo_id` into the HF cache; return the snapshot folder.
+
+    Reads config.json first: a transformers repo (`model_type: eomt`) gets its safetensors, an
+    official release its `pytorch_model.bin`. With HF_HUB_OFFLINE set only the cache is used.
+    Any failure is one line that says how to pass a local file or folder instead.
+    """
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise CheckpointError(f"{repo_id}: huggingface_hub is not installed; pass a local file or folder") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    try:
+        is_hf = _is_transformers_repo(huggingface_hub, repo_id, revision, offline)
+        patterns = ["config.json", "model*.safetensors*"] if is_hf else ["config.json", "pytorch_model*.bin*"]
+        folder = huggingface_hub.snapshot_download(
+            repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline
+        )
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise CheckpointError(
+            f"{repo_id}: not a readable Hugging Face hub repository ({type(e).__name__}) and no local "
+            "file or folder of that name; check the name or pass a local path"
+        ) from None
+    except Exception as e:  # network, offline mode, cache miss: all mean "could not fetch"
+        why = "offline mode (HF_HUB_OFFLINE) and not in the local cache" if offline else type(e).__name__
+        raise CheckpointError(
+            f"could not reach the Hugging Face hub for {repo_id!r} ({why}); download the checkpoint "
+            "(pytorch_model.bin, or a transformers folder) and pass its local path instead"
+        ) from None
+    log.info("hub %s -> %s", repo_id, folder)
+    return Path(folder)
+
+
+def _is_transformers_repo(hub: Any, repo_id: str, revision: str | None, offline: bool) -> bool:
+    """True when the repo's config.json says `model_type: eomt` (absent config: an official release)."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        path = hub.hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=offline)
+    except EntryNotFoundError as e:
+        if isinstance(e, LocalEntryNotFoundError):
+            raise
+        return False
+    try:
+        return json.loads(Path(path).read_text()).get("model_type") == "eomt"
+    except (OSError, ValueError, AttributeError):
+        return False

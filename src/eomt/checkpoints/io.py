@@ -1,0 +1,189 @@
+"""Reading and writing tensor files: torch zip archives, safetensors, sharded indexes; atomic writes.
+
+Everything that touches bytes on disk lives here, so that every unreadable input fails with one
+`CheckpointError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+# Weight files of a saved folder, in the order they are looked for.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit; the message names the file and the misfit."""
+
+
+def is_safetensors(path: Path) -> bool:
+    """True when `path` starts like a safetensors file (u64 header length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n < path.stat().st_size
+
+
+def read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+    """Tensors (on CPU) and the string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(e)})") from None
+    return tensors, meta
+
+
+def read_torch(path: Path, trust_pickle: bool = False) -> Any:
+    """`torch.load` on CPU, restricted to tensors and plain containers unless `trust_pickle`.
+
+    A file that is not a torch archive (text, truncated download) raises a one-line CheckpointError.
+    """
+    if not trust_pickle:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" in str(e) and zipfile.is_zipfile(path):
+                raise CheckpointError(
+                    f"{path}: the checkpoint holds pickled Python objects besides tensors; if you trust "
+                    "its source, load it with trust_pickle=True (CLI: --trust-pickle)"
+                ) from None
+            raise _not_a_checkpoint(path, e) from None
+        except Exception as e:
+            raise _not_a_checkpoint(path, e) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise _not_a_checkpoint(path, e) from None
+
+
+def _not_a_checkpoint(path: Path, e: BaseException) -> CheckpointError:
+    kind = "a truncated or corrupt PyTorch archive" if _looks_zip(path) else "not a PyTorch or safetensors checkpoint"
+    return CheckpointError(f"{path}: {kind} ({_reason(e)}); it may be truncated or the wrong file")
+
+
+def _looks_zip(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+    return False
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception message, shortened: library messages can span pages."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (text[:117] + "...") if len(text) > 120 else text
+
+
+def read_tensor_file(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[str, str]]:
+    """The content of one weight file: (object, safetensors metadata or {})."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if is_safetensors(path):
+        return read_safetensors(path)
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: not a safetensors file (bad header); it may be truncated")
+    return read_torch(path, trust_pickle), {}
+
+
+def read_weights_in_folder(folder: Path, trust_pickle: bool = False) -> tuple[StateDict, Path]:
+    """The state dict stored in a saved folder (single file or sharded index) and the file read."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            return _read_sharded(path, trust_pickle), path
+        obj, _ = read_tensor_file(path, trust_pickle)
+        return as_state_dict(obj, path), path
+    raise CheckpointError(
+        f"{folder}: no weight file found (expected one of: {', '.join(WEIGHT_FILES)})"
+    )
+
+
+def _read_sharded(index: Path, trust_pickle: bool) -> StateDict:
+    try:
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({_reason(e)})") from None
+    out: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        obj, _ = read_tensor_file(index.parent / shard, trust_pickle)
+        out.update(as_state_dict(obj, index.parent / shard))
+    return out
+
+
+def as_state_dict(obj: Any, path: Path) -> StateDict:
+    """Check that `obj` is a mapping of names to tensors (a Lightning `state_dict` is unwrapped)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (names -> tensors), found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: expected a state dict (names -> tensors), found non-tensor entries {bad[:3]}"
+        )
+    return dict(obj)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` and move the result to `path` atomically; returns `path`."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return path
+
+
+def save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> Path:
+    """Write contiguous CPU copies of `tensors` to `path` atomically."""
+    from safetensors.torch import save_file
+
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
+
+
+def save_torch(obj: Any, path: Path) -> Path:
+    """`torch.save` to `path` atomically."""
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
