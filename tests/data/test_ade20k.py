@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from eomt.data.ade20k import ADE20KPanoptic, ADE20KSemantic
