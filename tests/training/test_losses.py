@@ -37,7 +37,8 @@ def transformers_loss(
     criterion = EomtLoss(EomtConfig(num_labels=NUM_CLASSES), weight_dict={})
     recorder = RandRecorder()
     monkeypatch.setattr(torch, "rand", recorder)
-    out = criterion(mask_logits, class_logits, [t.masks.float() for t in targets], [t.labels for t in targets])
+    masks, labels = [t.masks.float() for t in targets], [t.labels for t in targets]
+    out = criterion(mask_logits, class_logits, masks, labels)
     monkeypatch.undo()
     return out, recorder.draws
 
@@ -50,7 +51,9 @@ def replay(draws: list[torch.Tensor], batch: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("counts", [(3, 2), (4, 0, 6)])
-def test_single_prediction_equals_transformers(monkeypatch: pytest.MonkeyPatch, counts: tuple[int, ...]) -> None:
+def test_single_prediction_equals_transformers(
+    monkeypatch: pytest.MonkeyPatch, counts: tuple[int, ...]
+) -> None:
     mask_logits, class_logits, targets = make_batch(counts, num_classes=NUM_CLASSES)
     ours_in = [t.clone().requires_grad_() for t in (mask_logits, class_logits)]
     theirs_in = [t.clone().requires_grad_() for t in (mask_logits, class_logits)]
@@ -92,7 +95,8 @@ def test_forward_blocks_is_the_weighted_sum_of_each_block() -> None:
     targets = make_batch(counts, num_classes=NUM_CLASSES)[2]
     criterion = MaskClassificationLoss(NUM_CLASSES, num_points=400)
     masks, classes = [b[0] for b in blocks], [b[1] for b in blocks]
-    total, losses = criterion.forward_blocks(masks, classes, targets, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    total, losses = criterion.forward_blocks(masks, classes, targets, generator=gen)
     assert list(losses) == [
         f"{k}{s}"
         for s in ("_block_-4", "_block_-3", "_block_-2", "_block_-1", "")
@@ -103,7 +107,8 @@ def test_forward_blocks_is_the_weighted_sum_of_each_block() -> None:
     expected = torch.tensor(0.0)
     for i, (m, c) in enumerate(zip(masks, classes)):
         block = criterion(m, c, targets, generator=gen)
-        expected = expected + 5 * block["loss_mask"] + 5 * block["loss_dice"] + 2 * block["loss_cross_entropy"]
+        expected = expected + 5 * block["loss_mask"] + 5 * block["loss_dice"]
+        expected = expected + 2 * block["loss_cross_entropy"]
         for key, value in block.items():
             assert torch.equal(losses[f"{key}{block_suffix(i, 5)}"], value)
     assert torch.allclose(total, expected, atol=1e-6)
@@ -143,7 +148,8 @@ def test_batch_without_targets_is_finite_and_differentiable() -> None:
     )
     assert losses["loss_mask"] == 0 and losses["loss_dice"] == 0
     no_object = torch.full((2 * 7,), NUM_CLASSES)
-    assert torch.allclose(losses["loss_cross_entropy"], F.cross_entropy(class_logits.flatten(0, 1), no_object))
+    expected_ce = F.cross_entropy(class_logits.flatten(0, 1), no_object)
+    assert torch.allclose(losses["loss_cross_entropy"], expected_ce)
     total.backward()
     assert mask_logits.grad is not None and torch.isfinite(class_logits.grad).all()
 

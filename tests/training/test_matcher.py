@@ -101,7 +101,9 @@ def test_non_finite_costs_are_clamped_like_the_official() -> None:
 
 
 @pytest.mark.parametrize("counts", [(3, 2), (4, 0, 9)])
-def test_assignment_equals_transformers_matcher(monkeypatch: pytest.MonkeyPatch, counts: tuple[int, ...]) -> None:
+def test_assignment_equals_transformers_matcher(
+    monkeypatch: pytest.MonkeyPatch, counts: tuple[int, ...]
+) -> None:
     # Image 3 of the second case has more targets (9) than queries (7): only 7 get matched.
     mask_logits, class_logits, targets = make_batch(counts)
     matcher = hf.EomtHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=12544)
@@ -133,8 +135,12 @@ def test_assignment_is_optimal_by_brute_force() -> None:
 def test_generator_makes_matching_reproducible_and_accepts_tuples() -> None:
     mask_logits, class_logits, targets = make_batch((3, 3))
     pairs = [(t.masks, t.labels) for t in targets]
-    a = hungarian_match(class_logits, mask_logits, pairs, num_points=100, generator=torch.Generator().manual_seed(1))
-    b = hungarian_match(class_logits, mask_logits, targets, num_points=100, generator=torch.Generator().manual_seed(1))
+    a = hungarian_match(
+        class_logits, mask_logits, pairs, num_points=100, generator=torch.Generator().manual_seed(1)
+    )
+    b = hungarian_match(
+        class_logits, mask_logits, targets, num_points=100, generator=torch.Generator().manual_seed(1)
+    )
     assert all(torch.equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
 
 
