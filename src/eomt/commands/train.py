@@ -1,0 +1,42 @@
+"""`eomt train CONFIG [section.key=value ...]`: train with the paper's recipe (Lightning engine)."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML file from configs/ or a preset name (eomt configs lists them)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 data.batch_size=4")
+    p.add_argument(
+        "--resume", default="auto",
+        help="'auto' (default): continue from OUT_DIR/checkpoints/last.ckpt if present; 'never'; or a path",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eomt.config import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from eomt.training.run import train
+
+    module = train(cfg, resume=args.resume, progress=not args.no_progress)
+    metrics = getattr(module, "last_metrics", None)
+    if metrics:
+        print(format_metrics(metrics))
+    print(f"run written to {cfg.train.out_dir} (model: {cfg.train.out_dir}/model.safetensors)")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """The scalar metrics as aligned `name value` lines."""
+    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v:8.2f}" for k, v in rows)

@@ -1,0 +1,168 @@
+"""The Lightning module: the paper's training recipe around an `EoMT` network.
+
+- loss on every intermediate block prediction and the final one (`MaskClassificationLoss`);
+- AdamW with the official layer-wise LR decay, two-stage warm-up and poly decay, stepped per
+  optimizer step (`schedules`);
+- mask annealing: the per-block masking probabilities are a pure function of the step, set
+  before every training step and logged;
+- validation with the official inference (resize+pad or sliding windows) and the task's
+  evaluator; metrics are reduced across processes.
+
+The network attribute is named `network`, so our Lightning checkpoints share the official key
+layout (`network.*`) and carry the resolved config in `hyper_parameters`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from eomt.config import ExperimentConfig
+from eomt.models import EoMT
+from eomt.structures import Target
+from eomt.training.losses import MaskClassificationLoss
+from eomt.training.schedules import llrd_param_groups, mask_annealing_probs, warmup_poly_lambdas
+
+log = logging.getLogger(__name__)
+
+
+class EoMTModule(pl.LightningModule):
+    """Trains and validates an EoMT network as configured by an `ExperimentConfig`."""
+
+    def __init__(self, config: dict[str, Any], network: EoMT | None = None) -> None:
+        super().__init__()
+        # The resolved config (plain data) is saved in every checkpoint.
+        self.save_hyperparameters({"config": config, "model_config": config["model"]})
+        self.cfg = ExperimentConfig.from_dict(config)
+        self.network = network if network is not None else EoMT(self.cfg.model)
+        t = self.cfg.train
+        self.criterion = MaskClassificationLoss(
+            num_classes=self.cfg.model.num_classes,
+            num_points=t.num_points,
+            oversample_ratio=t.oversample_ratio,
+            importance_sample_ratio=t.importance_sample_ratio,
+            mask_coefficient=t.mask_weight,
+            dice_coefficient=t.dice_weight,
+            class_coefficient=t.class_weight,
+            no_object_coefficient=t.no_object_weight,
+        )
+        self.total_steps = 1  # set by the runner once the data size is known
+        self.evaluator: Any = None
+
+    # ------------------------------------------------------------------ schedules
+    def annealing_probs(self, step: int) -> list[float]:
+        t = self.cfg.train
+        n = self.cfg.model.num_blocks
+        if not t.mask_annealing:
+            return [1.0] * n
+        windows = list(t.anneal_windows) or None
+        return mask_annealing_probs(step, self.total_steps, n, windows, power=t.poly_power)
+
+    def configure_optimizers(self) -> Any:
+        t, m = self.cfg.train, self.cfg.model
+        groups = llrd_param_groups(
+            self.network,
+            t.lr,
+            depth=m.depth,
+            num_blocks_l2=m.num_blocks,
+            llrd=t.llrd,
+            weight_decay=t.weight_decay,
+            llrd_l2_enabled=t.llrd_l2_enabled,
+        )
+        for g in groups:
+            g.pop("names", None)
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+        lambdas = warmup_poly_lambdas(groups, self.total_steps, tuple(t.warmup_steps), t.poly_power)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        probs = self.annealing_probs(self.global_step)
+        self.network.set_attn_mask_probs(probs)
+        for i, p in enumerate(probs):
+            self.log(f"anneal/attn_mask_prob_{i}", p, on_step=True, on_epoch=False)
+
+    def training_step(self, batch: tuple[Tensor, list[Target]], batch_idx: int) -> Tensor:
+        images, targets = batch
+        out = self.network(images)
+        masks = [*out.mask_logits_per_block, out.mask_logits]
+        classes = [*out.class_logits_per_block, out.class_logits]
+        targets = [
+            Target(t.masks.to(self.device), t.labels.to(self.device), t.is_crowd.to(self.device))
+            for t in targets
+        ]
+        total, losses = self.criterion.forward_blocks(masks, classes, targets)
+        bs = images.shape[0]
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        for key, value in losses.items():
+            self.log(f"losses/train_{key}", value, on_step=True, on_epoch=False, batch_size=bs)
+        opt = self.optimizers()
+        if not isinstance(opt, list):
+            for i, group in enumerate(opt.param_groups[:1] + opt.param_groups[-1:]):
+                name = "backbone" if group.get("is_backbone") else "head"
+                self.log(f"lr/{name}", group["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        return total
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The global RNG drives point sampling and mask lifting: keep it for exact resumption.
+        checkpoint["rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+        checkpoint["state_dict"] = {
+            k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"])
+        if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
+
+    # ------------------------------------------------------------------ validation
+    def make_evaluator(self) -> Any:
+        m = self.cfg.model
+        if m.task == "panoptic":
+            from eomt.evaluation.panoptic import PanopticEvaluator
+
+            return PanopticEvaluator(m.num_classes, m.stuff_classes, m.class_names or None)
+        if m.task == "instance":
+            from eomt.evaluation.instance import InstanceEvaluator
+
+            return InstanceEvaluator(m.num_classes, m.class_names or None)
+        from eomt.evaluation.semantic import SemanticEvaluator
+
+        return SemanticEvaluator(m.num_classes, class_names=m.class_names or None)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator = self.make_evaluator()
+
+    def validation_step(self, batch: tuple[list[Tensor], list[Target]], batch_idx: int) -> None:
+        from eomt.inference.predictor import segment_batch
+
+        images, targets = batch
+        results = segment_batch(
+            self.network,
+            [img.to(self.device) for img in images],
+            self.cfg.model.task,
+            threshold=self.cfg.train.mask_threshold,
+            overlap_threshold=self.cfg.train.overlap_threshold,
+        )
+        self.evaluator.update([r for r in results], [_to_cpu(t) for t in targets])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()
+        scalars = {f"val/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        # Every process holds the reduced numbers already; log them without another reduction.
+        self.log_dict(scalars, sync_dist=False, rank_zero_only=False)
+        self.last_metrics = metrics
+
+
+def _to_cpu(t: Target) -> Target:
+    return Target(t.masks.cpu(), t.labels.cpu(), t.is_crowd.cpu())
