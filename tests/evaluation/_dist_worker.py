@@ -26,7 +26,8 @@ def evaluate_share(rank: int, world: int) -> dict[str, Any]:
     panoptic = [random_panoptic(gen, 16, 20, NUM_CLASSES, STUFF)[:2] for _ in range(NUM_IMAGES)]
     semantic = [random_semantic(gen, 16, 20, NUM_CLASSES) for _ in range(NUM_IMAGES)]
     instance = [random_instance(gen, 40, 40, NUM_CLASSES) for _ in range(NUM_IMAGES)]
-    share = slice(rank * NUM_IMAGES // world, (rank + 1) * NUM_IMAGES // world)  # contiguous: same image order
+    # Contiguous shares keep the one-process image order, so COCOeval sees the same sequence.
+    share = slice(rank * NUM_IMAGES // world, (rank + 1) * NUM_IMAGES // world)
     evaluators = {
         "panoptic": (PanopticEvaluator(NUM_CLASSES, STUFF), panoptic),
         "semantic": (SemanticEvaluator(NUM_CLASSES), semantic),

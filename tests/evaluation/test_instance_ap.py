@@ -92,7 +92,8 @@ def test_crowd_flag_changes_the_result() -> None:
     crowd = InstanceEvaluator(NUM_CLASSES)
     crowd.update([p for p, _ in pairs], [t for _, t in pairs])
     no_crowd = InstanceEvaluator(NUM_CLASSES)
-    no_crowd.update([p for p, _ in pairs], [Target(t.masks, t.labels, torch.zeros_like(t.is_crowd)) for _, t in pairs])
+    cleared = [Target(t.masks, t.labels, torch.zeros_like(t.is_crowd)) for _, t in pairs]
+    no_crowd.update([p for p, _ in pairs], cleared)
     assert crowd.compute()["ap"] != no_crowd.compute()["ap"]
 
 
@@ -104,9 +105,12 @@ def test_no_targets_give_nan_and_bad_sizes_raise() -> None:
     evaluator.update([InstanceResult(masks, torch.tensor([0]), torch.tensor([0.9]))], [Target.empty(8, 8)])
     result = evaluator.compute()
     assert math.isnan(result["ap"]) and math.isnan(result["per_class"]["0"])
-    with pytest.raises(ValueError, match=r"InstanceResult.masks: found size \(8, 8\), expected the target's \(6, 8\)"):
-        evaluator.update([InstanceResult(masks, torch.tensor([0]), torch.tensor([0.9]))], [Target.empty(6, 8)])
+    one = InstanceResult(masks, torch.tensor([0]), torch.tensor([0.9]))
+    with pytest.raises(ValueError, match=r"masks: found size \(8, 8\), expected the target's \(6, 8\)"):
+        evaluator.update([one], [Target.empty(6, 8)])
+    two_labels = InstanceResult(masks, torch.tensor([0, 1]), torch.tensor([0.9]))
     with pytest.raises(ValueError, match=r"InstanceResult: found masks of shape \(1, 8, 8\) and \[2, 1\]"):
-        evaluator.update([InstanceResult(masks, torch.tensor([0, 1]), torch.tensor([0.9]))], [Target.empty(8, 8)])
-    with pytest.raises(ValueError, match=r"InstanceResult.labels: found ids in \[5, 5\], expected ids in \[0, 2\)"):
-        evaluator.update([InstanceResult(masks, torch.tensor([5]), torch.tensor([0.9]))], [Target.empty(8, 8)])
+        evaluator.update([two_labels], [Target.empty(8, 8)])
+    bad_label = InstanceResult(masks, torch.tensor([5]), torch.tensor([0.9]))
+    with pytest.raises(ValueError, match=r"InstanceResult.labels: found ids in \[5, 5\], expected ids in \[0, 2"):
+        evaluator.update([bad_label], [Target.empty(8, 8)])

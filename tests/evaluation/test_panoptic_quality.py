@@ -93,7 +93,9 @@ def test_crowd_and_void_follow_the_coco_rules() -> None:
     ])
     # Image 2: a person crowd, a small car, sky; the rest of rows 0-4 is void.
     target2 = Target(
-        torch.stack((r(slice(0, 5), slice(0, 5)), r(slice(0, 2), slice(8, 10)), r(slice(5, 10), slice(None)))),
+        torch.stack(
+            (r(slice(0, 5), slice(0, 5)), r(slice(0, 2), slice(8, 10)), r(slice(5, 10), slice(None)))
+        ),
         torch.tensor([person, car, sky]),
         torch.tensor([True, False, False]),
     )
@@ -125,7 +127,8 @@ def test_stuff_segments_of_one_class_are_merged() -> None:
     pred = _pred(4, 8, [(sky, left | right)])  # one segment covering both halves: one TP, IoU 1
     evaluator = PanopticEvaluator(2, stuff_classes=[sky])
     evaluator.update([pred], [target])
-    assert evaluator.compute()["per_class"]["1"] == {"pq": 100.0, "sq": 100.0, "rq": 100.0, "tp": 1, "fp": 0, "fn": 0}
+    expected = {"pq": 100.0, "sq": 100.0, "rq": 100.0, "tp": 1, "fp": 0, "fn": 0}
+    assert evaluator.compute()["per_class"]["1"] == expected
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
@@ -137,6 +140,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"found shape \(3, 4\), expected the target's \(4, 4\)"):
         evaluator.update([PanopticResult(torch.zeros(3, 4, dtype=torch.int64), [])], [target])
     with pytest.raises(ValueError, match=r"category_id in \[7, 7\], expected ids in \[0, 2\)"):
-        evaluator.update([PanopticResult(torch.ones(4, 4, dtype=torch.int64), [{"id": 1, "category_id": 7}])], [target])
+        bad = PanopticResult(torch.ones(4, 4, dtype=torch.int64), [{"id": 1, "category_id": 7}])
+        evaluator.update([bad], [target])
     with pytest.raises(ValueError, match=r"stuff_classes: found ids in \[1, 3\]"):
         PanopticEvaluator(3, stuff_classes=[1, 3])

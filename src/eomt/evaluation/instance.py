@@ -35,8 +35,8 @@ def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
     """COCO RLEs of (N, H, W) binary masks, one dict {"size", "counts" (bytes)} per mask."""
     if masks.shape[0] == 0:
         return []
-    array = np.asfortranarray(masks.detach().bool().permute(1, 2, 0).cpu().numpy().astype(np.uint8))  # (H, W, N)
-    return mask_utils.encode(array)
+    array = masks.detach().bool().permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # (H, W, N)
+    return mask_utils.encode(np.asfortranarray(array))  # pycocotools wants column-major
 
 
 def _check(name: str, masks: Tensor, *per_segment: Tensor) -> None:
@@ -80,7 +80,7 @@ class InstanceEvaluator:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names: found {len(class_names)} names, expected {num_classes}")
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -90,7 +90,9 @@ class InstanceEvaluator:
     def update(self, preds: Sequence[InstanceResult], targets: Sequence[Target]) -> None:
         """Add a batch of per-image predictions and their targets (same order, same sizes)."""
         if len(preds) != len(targets):
-            raise ValueError(f"update: found {len(preds)} predictions and {len(targets)} targets, expected equal")
+            raise ValueError(
+                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
+            )
         for pred, target in zip(preds, targets):
             _check("InstanceResult", pred.masks, pred.labels, pred.scores)
             _check("Target", target.masks, target.labels, target.is_crowd)
@@ -128,10 +130,11 @@ class InstanceEvaluator:
                 gts.append({**_annotation(rle, image_id, label, len(gts) + 1), "iscrowd": int(crowd)})
             for rle, label, score in zip(rec["dt"], rec["dt_labels"], rec["dt_scores"]):
                 dts.append({**_annotation(rle, image_id, label, len(dts) + 1), "score": score})
-        nan_result = {**{k: math.nan for k in _STAT_INDEX}, "per_class": {n: math.nan for n in self.class_names}}
         if not gts:
-            return nan_result
-        coco_eval = COCOeval(_coco(images, gts, self.num_classes), _coco(images, dts, self.num_classes), "segm")
+            undefined = {n: math.nan for n in self.class_names}
+            return {**{k: math.nan for k in _STAT_INDEX}, "per_class": undefined}
+        gt_coco, dt_coco = _coco(images, gts, self.num_classes), _coco(images, dts, self.num_classes)
+        coco_eval = COCOeval(gt_coco, dt_coco, "segm")
         log = io.StringIO()
         with contextlib.redirect_stdout(log):  # COCOeval reports through print
             coco_eval.evaluate()

@@ -177,7 +177,7 @@ class PanopticEvaluator:
         self.num_classes = num_classes
         self.is_stuff = torch.zeros(num_classes, dtype=torch.bool)
         self.is_stuff[stuff] = True
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -187,7 +187,9 @@ class PanopticEvaluator:
     def update(self, preds: Sequence[PanopticResult], targets: Sequence[Target]) -> None:
         """Add a batch of per-image predictions and their targets (same order, same sizes)."""
         if len(preds) != len(targets):
-            raise ValueError(f"update: found {len(preds)} predictions and {len(targets)} targets, expected equal")
+            raise ValueError(
+                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
+            )
         for pred, target in zip(preds, targets):
             self.stats += panoptic_image_stats(pred, target, self.is_stuff).cpu()
 
@@ -204,7 +206,8 @@ class PanopticEvaluator:
         pq = sq * rq
         present = (tp + fp + fn) > 0
         out: dict[str, Any] = {}
-        for suffix, subset in (("", present), ("_things", present & ~self.is_stuff), ("_stuff", present & self.is_stuff)):
+        subsets = {"": present, "_things": present & ~self.is_stuff, "_stuff": present & self.is_stuff}
+        for suffix, subset in subsets.items():
             for name, values in (("pq", pq), ("sq", sq), ("rq", rq)):
                 out[name + suffix] = float(values[subset].mean()) * 100 if bool(subset.any()) else math.nan
         out["per_class"] = {

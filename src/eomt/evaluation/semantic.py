@@ -24,7 +24,10 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     pred, target: (H, W) integer maps; target pixels equal to `ignore_index` are skipped.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"semantic prediction: found shape {tuple(pred.shape)}, expected the target's {tuple(target.shape)}")
+        raise ValueError(
+            f"semantic prediction: found shape {tuple(pred.shape)}, "
+            f"expected the target's {tuple(target.shape)}"
+        )
     valid = target != ignore_index
     pred, target = pred[valid].long(), target[valid].long()  # (V,) pixels that count
     for name, labels in (("prediction", pred), ("target", target)):
@@ -54,7 +57,7 @@ class SemanticEvaluator:
             raise ValueError(f"class_names: found {len(class_names)} names, expected {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -69,7 +72,9 @@ class SemanticEvaluator:
         """Add a batch: predictions as (H, W) label maps or SemanticResult; targets as (H, W)
         label maps (ignore_index for unlabelled pixels) or Target (rebuilt by `to_semantic`)."""
         if len(preds) != len(targets):
-            raise ValueError(f"update: found {len(preds)} predictions and {len(targets)} targets, expected equal")
+            raise ValueError(
+                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
+            )
         for pred, target in zip(preds, targets):
             pred_map = pred.labels if isinstance(pred, SemanticResult) else pred
             tgt_map = target.to_semantic(self.ignore_index) if isinstance(target, Target) else target
