@@ -1,0 +1,200 @@
+"""Network outputs -> per-image results (panoptic, instance, semantic), as the official evaluation.
+
+All work happens on the device of the logits, in float32, vectorised over queries, segments and
+pixels; the only Python loop is over the images of a batch. Only the queries a result can use are
+upsampled to full resolution (bilinear interpolation treats every query channel on its own, so
+this changes nothing but the memory and time).
+
+Differences from the transformers port, on purpose:
+- panoptic: a segment is kept when `area(new) / area(orig) >= overlap_threshold` (official code:
+  skip when `<`, the ratio in float64); transformers keeps it only when its float32 ratio is `>`.
+  They differ only on an exact tie, and at the default 0.8 not even there (float32(0.8) > 0.8);
+  at e.g. 0.7 transformers drops a tie that the official code keeps.
+- panoptic: segment ids start at 1 and unassigned pixels are 0 (COCO panoptic convention); the
+  official code and transformers use -1 for unassigned pixels and ids from 0.
+- instance: top-k over all (query, class) pairs, as the official evaluation; transformers takes one
+  class per query and thresholds the score instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eomt.inference.preprocess import ImageMeta, Windows
+from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+
+
+def restore_logits(mask_logits: Tensor, meta: ImageMeta) -> Tensor:
+    """Mask logits of one padded input (Q, h4, w4) -> logits at the original image size (Q, H, W).
+
+    Upsample to the network input size, crop the unpadded (scaled) region, resize to the original.
+    """
+    x = F.interpolate(mask_logits[None].float(), size=meta.input_size, mode="bilinear")
+    sh, sw = meta.scaled_size
+    x = x[..., :sh, :sw]  # (1, Q, sh, sw) drop the padding
+    return F.interpolate(x, size=meta.original_size, mode="bilinear")[0]
+
+
+def panoptic(
+    mask_logits: Tensor,
+    class_logits: Tensor,
+    metas: Sequence[ImageMeta],
+    stuff_classes: Sequence[int] = (),
+    threshold: float = 0.8,
+    mask_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+) -> list[PanopticResult]:
+    """Panoptic segmentation from mask logits (B, Q, h, w) and class logits (B, Q, C+1).
+
+    Queries whose best class (no-object included) is a real class with probability > `threshold`
+    compete per pixel by `score_q * sigmoid(mask_q)`. Query k becomes a segment when its won
+    region `new`, its own mask `orig = sigmoid >= mask_threshold` and `new & orig` are non-empty
+    and `|new| / |orig| >= overlap_threshold`; its pixels are `new & orig`. Stuff queries of one
+    class merge into one segment (the first query's id and score); things get an id each.
+    """
+    num_classes = class_logits.shape[-1] - 1
+    device = class_logits.device
+    is_stuff_class = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
+    if len(stuff_classes):
+        is_stuff_class[torch.as_tensor(list(stuff_classes), device=device)] = True
+    probs = class_logits.float().softmax(-1)
+    scores, classes = probs.max(-1)  # (B, Q) the no-object class takes part in the max
+    keep = classes.ne(num_classes) & (scores > threshold)
+    results = []
+    for i, meta in enumerate(metas):
+        idx = keep[i].nonzero()[:, 0]  # (K,) kept queries, in query order
+        h, w = meta.original_size
+        if idx.numel() == 0:
+            results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
+            continue
+        results.append(
+            _panoptic_one(
+                restore_logits(mask_logits[i, idx], meta).sigmoid(),
+                scores[i, idx],
+                classes[i, idx],
+                is_stuff_class,
+                mask_threshold,
+                overlap_threshold,
+            )
+        )
+    return results
+
+
+def _panoptic_one(
+    masks: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    is_stuff_class: Tensor,
+    mask_threshold: float,
+    overlap_threshold: float,
+) -> PanopticResult:
+    """Segment merging of one image: masks (K, H, W) probabilities, scores / classes (K,)."""
+    k = masks.shape[0]
+    ar = torch.arange(k, device=masks.device)
+    mask_ids = (scores[:, None, None] * masks).argmax(0)  # (H, W) winning query per pixel
+    orig = masks >= mask_threshold  # (K, H, W)
+    # A pixel ends up in its winner's segment only if it is also inside the winner's own mask.
+    inside = orig.gather(0, mask_ids[None])[0]  # (H, W)
+    orig_area = orig.flatten(1).sum(1)  # (K,)
+    new_area = torch.bincount(mask_ids.flatten(), minlength=k)  # (K,)
+    final_area = torch.bincount(mask_ids[inside], minlength=k)  # (K,)
+    ratio = new_area.double() / orig_area.clamp(min=1).double()
+    valid = (orig_area > 0) & (new_area > 0) & (final_area > 0) & (ratio >= overlap_threshold)
+
+    # Stuff: every valid query of a stuff class joins the segment of the first valid query of that
+    # class; a thing query is its own representative. Only representatives open a new segment id.
+    stuff = is_stuff_class[classes] & valid
+    first = torch.full_like(is_stuff_class, k, dtype=torch.long).scatter_reduce(
+        0, classes[stuff], ar[stuff], reduce="amin"
+    )  # (C+1,) first valid stuff query of each class, k where none
+    rep = torch.where(stuff, first[classes], ar)  # (K,)
+    opens = valid & (rep == ar)
+    seg_of_query = torch.where(valid, torch.cumsum(opens, 0)[rep], 0)  # (K,) ids from 1, 0 = none
+    segmentation = torch.where(inside, seg_of_query[mask_ids], 0)  # (H, W)
+
+    n = int(opens.sum())
+    areas = torch.bincount(segmentation.flatten(), minlength=n + 1)[1:]  # (n,)
+    q = opens.nonzero()[:, 0]  # (n,) the query that opened each segment, in id order
+    segments = [
+        {"id": j + 1, "category_id": c, "isthing": not s, "score": sc, "area": a}
+        for j, (c, s, sc, a) in enumerate(
+            zip(classes[q].tolist(), is_stuff_class[classes[q]].tolist(), scores[q].tolist(), areas.tolist())
+        )
+    ]
+    return PanopticResult(segmentation, segments)
+
+
+def instance(
+    mask_logits: Tensor,
+    class_logits: Tensor,
+    metas: Sequence[ImageMeta],
+    top_k: int = 100,
+    threshold: float = 0.0,
+) -> list[InstanceResult]:
+    """Instance segmentation from mask logits (B, Q, h, w) and class logits (B, Q, C+1).
+
+    The `top_k` best (query, class) pairs over the flattened Q x C class probabilities (no-object
+    excluded; one query may give several instances); mask = logits > 0 at the original size;
+    score = class probability x mean sigmoid inside the mask. Instances scoring below `threshold`
+    are dropped (0 keeps all, as the evaluation does). Sorted by decreasing score.
+    """
+    probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
+    num_classes = probs.shape[-1]
+    k = min(top_k, probs.shape[1] * num_classes)
+    top_scores, top_idx = probs.flatten(1).topk(k, dim=1)  # (B, k)
+    results = []
+    for i, meta in enumerate(metas):
+        queries = top_idx[i] // num_classes
+        labels = top_idx[i] % num_classes
+        # Upsample each distinct query once, then index the instances into it.
+        uniq, inverse = torch.unique(queries, return_inverse=True)
+        logits = restore_logits(mask_logits[i, uniq], meta)  # (U, H, W)
+        binary = logits > 0
+        mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        scores = top_scores[i] * mask_scores[inverse]
+        keep = scores >= threshold
+        order = scores[keep].argsort(descending=True)
+        sel = keep.nonzero()[:, 0][order]
+        results.append(InstanceResult(binary[inverse[sel]], labels[sel], scores[sel]))
+    return results
+
+
+def semantic(
+    mask_logits: Tensor,
+    class_logits: Tensor,
+    windows: Windows,
+    return_scores: bool = False,
+) -> list[SemanticResult]:
+    """Semantic segmentation from per-crop mask logits (N, Q, h, w) and class logits (N, Q, C+1).
+
+    Per crop: upsample to the crop size, per-pixel class scores
+    `sum_q sigmoid(mask_q) * softmax(class_q)[:-1]`; crops of one image are summed into a canvas of
+    the scaled image and divided by the per-pixel crop count, then resized bilinearly to the
+    original size; labels are the argmax. `scores` (C, H, W) are kept when `return_scores`.
+    """
+    offsets = torch.tensor(windows.offsets, dtype=torch.long, device=mask_logits.device)  # (N, 3)
+    probs = class_logits.float().softmax(-1)[..., :-1]  # (N, Q, C)
+    results = []
+    for i, meta in enumerate(windows.images):
+        crop_ids = (offsets[:, 0] == i).nonzero()[:, 0]  # (n,) this image's crops
+        size = meta.input_size[0]  # square crops
+        masks = F.interpolate(mask_logits[crop_ids].float(), size=meta.input_size, mode="bilinear")
+        crop_scores = torch.einsum("nqhw,nqc->nchw", masks.sigmoid(), probs[crop_ids])  # (n, C, S, S)
+        pos = (offsets[crop_ids, 1, None] + torch.arange(size, device=offsets.device)).flatten()  # (n*S,)
+        nh, nw = meta.scaled_size
+        canvas = crop_scores.new_zeros(crop_scores.shape[1], nh, nw)  # (C, nh, nw)
+        h, w = meta.original_size
+        if h > w:  # crops stacked along the height
+            canvas.index_add_(1, pos, crop_scores.permute(1, 0, 2, 3).flatten(1, 2))  # (C, n*S, S)
+            counts = torch.bincount(pos, minlength=nh)[None, :, None]
+        else:
+            canvas.index_add_(2, pos, crop_scores.permute(1, 2, 0, 3).flatten(2, 3))  # (C, S, n*S)
+            counts = torch.bincount(pos, minlength=nw)[None, None, :]
+        canvas = canvas / counts.clamp(min=1)  # average where crops overlap
+        scores = F.interpolate(canvas[None], size=meta.original_size, mode="bilinear")[0]  # (C, H, W)
+        results.append(SemanticResult(scores.argmax(0), scores if return_scores else None))
+    return results
