@@ -95,6 +95,7 @@ def test_truncated_image_is_an_error(tmp_path):
 def test_handle_dropped_on_pickle_and_reopened_per_process(archive):
     path, image, _ = archive
     src = ZipSource(path, inner="nested.zip")
+    assert src._handle is None  # the inner zip's bytes are not held after listing
     src.read_png("masks/a.png")
     assert src._handle is not None
     clone = pickle.loads(pickle.dumps(src))

@@ -23,8 +23,8 @@ import torch
 
 from eomt import classes
 from eomt.data.archives import (
-    DatasetError, SegmentationDataset, Transform, ZipSource, join, resize_nearest, target_from_ids,
-    target_from_label_map,
+    DatasetError, SegmentationDataset, Transform, ZipSource, join, present_values, resize_nearest,
+    target_from_ids, target_from_label_map,
 )
 from eomt.data.user import UNLABELLED, SemanticPngDataset
 from eomt.structures import Target
@@ -121,9 +121,10 @@ class ADE20KPanoptic(SegmentationDataset):
         if inst.ndim != 3 or inst.shape[2] < 2:
             raise DatasetError(f"ADE20K instance PNG: expected channels (category, instance id, ...), "
                                f"found shape {inst.shape}")
-        cat, ids = inst[..., 0].astype(np.int64), inst[..., 1].astype(np.int64)
-        uniq, first = np.unique(ids.reshape(-1), return_index=True)
-        labels = self._thing_lut[cat.reshape(-1)[first]]  # the category of each instance's first pixel
+        ids = inst[..., 1].astype(np.int64)
+        pairs = present_values(ids * 256 + inst[..., 0])  # distinct (instance id, category), sorted
+        uniq, first = np.unique(pairs // 256, return_index=True)  # one category per instance id
+        labels = self._thing_lut[pairs[first] % 256]
         keep = (uniq != 0) & (labels >= 0)
         things = target_from_ids(ids, uniq[keep], labels[keep], np.zeros(int(keep.sum()), dtype=bool))
         return Target(torch.cat([stuff.masks, things.masks]), torch.cat([stuff.labels, things.labels]),

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eomt.data.archives import (
-    IMAGE_SUFFIXES, DatasetError, ItemCheck, SegmentationDataset, Source, FolderSource, Transform, ZipSource,
-    resize_nearest, target_from_label_map,
+    IMAGE_SUFFIXES, DatasetError, FolderSource, ItemCheck, SegmentationDataset, Source, Transform, ZipSource,
+    present_values, resize_nearest, target_from_label_map,
 )
 from eomt.data.coco import InstanceJsonDataset, PanopticJsonDataset
 from eomt.structures import IGNORE_INDEX, Target
@@ -61,6 +61,8 @@ class SemanticPngDataset(SegmentationDataset):
         if raw.ndim != 2:
             raise DatasetError(f"{self.labels.where(member)}: expected a single-channel label PNG, "
                                f"found shape {raw.shape}")
+        if raw.dtype == np.uint8 and len(self.lut) >= 256:
+            return self.lut[raw]  # every value is inside the table
         raw = raw.astype(np.int64)
         inside = (raw >= 0) & (raw < len(self.lut))
         return np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], INVALID)
@@ -102,8 +104,7 @@ class SemanticPngDataset(SegmentationDataset):
                               f"({self.num_classes} classes) and not the ignore value")
         if raw.shape != tuple(size):
             out.warnings.append(f"{label_name}: size {raw.shape} differs from its image {tuple(size)} (resized)")
-        classes = np.unique(mapped)
-        out.labels = classes[classes >= 0]
+        out.labels = present_values(mapped)
         if out.labels.size == 0:
             out.warnings.append(f"{label_name}: no labelled pixel")
         return out
