@@ -1,4 +1,4 @@
-"""Synthetic scenes: determinism, target consistency per task, and that the masks match the pixels."""
+"""Synthetic scenes: determinism, targets consistent across tasks, masks that match the pixels."""
 
 from __future__ import annotations
 
