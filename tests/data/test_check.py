@@ -104,3 +104,16 @@ def test_spec_builds_through_the_registry_and_reports_construction_errors(tmp_pa
     assert not bad.ok and "nope.txt: class list not found" in bad.errors[0]
     typo = check_dataset(dict(spec, format="semantic_foldr"))
     assert "did you mean 'semantic_folder'" in typo.errors[0]
+
+
+def test_datasets_without_check_item_are_loaded(tmp_path):
+    report = check_dataset({"format": "synthetic", "split": "val", "task": "panoptic", "num_images": 3, "size": 32})
+    assert report.ok and report.counts["images"] == 3
+    assert report.counts["things"] + report.counts["stuff"] == report.counts["segments"] > 0
+
+
+def test_bad_polygon_is_reported(tmp_path):
+    write_user_coco(tmp_path)
+    _edit_json(tmp_path / "instances.json", lambda js: js["annotations"][1].update(segmentation=[[1, 2, 3, 4]]))
+    report = check_dataset(_instance(tmp_path))
+    assert [e for e in report.errors if "instances.json: annotation" in e and "polygon with 4 coordinates" in e]

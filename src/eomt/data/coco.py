@@ -166,7 +166,9 @@ def _segmentation_problem(seg: Any) -> str | None:
     """Why a COCO `segmentation` cannot be decoded, or None when it can."""
     if isinstance(seg, dict):
         return None if "counts" in seg and "size" in seg else "RLE without 'counts'/'size'"
-    if isinstance(seg, list) and seg and all(isinstance(p, list) for p in seg):
+    if isinstance(seg, list) and not seg:
+        return "empty segmentation"
+    if isinstance(seg, list) and all(isinstance(p, list) for p in seg):
         bad = [len(p) for p in seg if len(p) < 6 or len(p) % 2]
         return f"polygon with {bad[0]} coordinates (need an even number >= 6)" if bad else None
     return f"unsupported segmentation {type(seg).__name__}"

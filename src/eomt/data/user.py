@@ -92,7 +92,8 @@ class SemanticPngDataset(SegmentationDataset):
         image_member, label_member = self.pairs[index]
         out, label_name = ItemCheck(), self.labels.where(label_member)
         try:
-            size = self.images.read_image(image_member).shape[:2] if read_images else self.images.image_size(image_member)
+            image = self.images
+            size = image.read_image(image_member).shape[:2] if read_images else image.image_size(image_member)
             raw = self.labels.read_png(label_member)
             mapped = self._map(raw, label_member)
         except DatasetError as e:
