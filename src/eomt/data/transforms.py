@@ -177,6 +177,7 @@ class TrainTransform:
     def __call__(
         self, image: Tensor | np.ndarray, target: Target, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Target]:
+        """Augment one sample; `generator` (if given) supplies every random draw."""
         img = _as_chw_uint8(image)
         if target.masks.shape[-2:] != img.shape[-2:]:
             raise ValueError(
