@@ -60,6 +60,23 @@ def test_reset_and_repeated_compute() -> None:
     assert math.isnan(evaluator.compute()["pq"])
 
 
+def test_segment_ids_are_only_names() -> None:
+    gen = torch.Generator().manual_seed(6)
+    pairs = [random_panoptic(gen, 20, 24, NUM_CLASSES, STUFF)[:2] for _ in range(4)]
+    renamed = []
+    for pred, _ in pairs:  # huge sparse ids take the sort path instead of the histogram
+        big = {s["id"]: 10**9 + 13 * s["id"] for s in pred.segments}
+        seg = pred.segmentation.clone()
+        for old, new in big.items():
+            seg[pred.segmentation == old] = new
+        renamed.append(PanopticResult(seg, [{**s, "id": big[s["id"]]} for s in pred.segments]))
+    small, large = PanopticEvaluator(NUM_CLASSES, STUFF), PanopticEvaluator(NUM_CLASSES, STUFF)
+    small.update([p for p, _ in pairs], [t for _, t in pairs])
+    large.update(renamed, [t for _, t in pairs])
+    assert small.compute() == large.compute()
+    assert small.stats[0].sum() > 0
+
+
 def _rect(h: int, w: int, rows: slice, cols: slice) -> torch.Tensor:
     out = torch.zeros(h, w, dtype=torch.bool)
     out[rows, cols] = True
@@ -142,5 +159,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"category_id in \[7, 7\], expected ids in \[0, 2\)"):
         bad = PanopticResult(torch.ones(4, 4, dtype=torch.int64), [{"id": 1, "category_id": 7}])
         evaluator.update([bad], [target])
+    with pytest.raises(ValueError, match=r"segmentation: found id -1, expected ids >= 0"):
+        evaluator.update([PanopticResult(torch.full((4, 4), -1), [])], [target])
     with pytest.raises(ValueError, match=r"stuff_classes: found ids in \[1, 3\]"):
         PanopticEvaluator(3, stuff_classes=[1, 3])

@@ -48,6 +48,34 @@ def _group_segments(labels: Tensor, merge: Tensor) -> tuple[Tensor, Tensor, Tens
     return group, uniq // (n + 1), uniq % (n + 1)
 
 
+def _first_cover(masks: Tensor) -> Tensor:
+    """(H, W) int64 index of the first of the (N, H, W) masks covering each pixel, N where none.
+
+    An element-wise max over mask-weighted ranks; argmax over the mask axis is ~6x slower on CPU.
+    """
+    n = masks.shape[0]
+    dtype = torch.uint8 if n < 2**8 else torch.int16 if n < 2**15 else torch.int32
+    rank = torch.arange(n, 0, -1, device=masks.device).to(dtype)  # first mask ranks highest
+    best = (masks.to(dtype) * rank[:, None, None]).amax(0)  # (H, W); 0 = uncovered
+    return n - best.long()
+
+
+def _compact_ids(seg: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted distinct values of a non-negative id map and each pixel's index among them.
+
+    Like `torch.unique(return_inverse=True)`, but through a histogram when ids are small.
+    """
+    if seg.numel() and int(seg.min()) < 0:
+        raise ValueError(f"PanopticResult.segmentation: found id {int(seg.min())}, expected ids >= 0")
+    max_id = int(seg.max()) if seg.numel() else 0
+    if max_id > 4 * seg.numel():  # sparse huge ids: a sort is cheaper than the histogram
+        return torch.unique(seg, return_inverse=True)
+    uniq = torch.bincount(seg.flatten(), minlength=max_id + 1).nonzero().squeeze(1)
+    lut = torch.zeros(max_id + 1, dtype=torch.long, device=seg.device)
+    lut[uniq] = torch.arange(uniq.numel(), device=seg.device)
+    return uniq, lut[seg]
+
+
 def _target_map(target: Target, is_stuff: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(H, W) target group ids (0 = void), per-group labels (G,) and crowd flags (G,)."""
     masks, labels = target.masks.bool(), target.labels.long()
@@ -69,8 +97,8 @@ def _target_map(target: Target, is_stuff: Tensor) -> tuple[Tensor, Tensor, Tenso
     group, group_labels, source = _group_segments(labels, is_stuff[labels] & ~crowd)
     group_crowd = (source < labels.numel()) & crowd[source.clamp(max=labels.numel() - 1)]
     # Panoptic targets are disjoint; should masks overlap, the first one wins (as Target.to_semantic).
-    first = masks.to(torch.uint8).argmax(0)  # (H, W)
-    pixel_group = torch.where(masks.any(0), group[first] + 1, 0)
+    first = _first_cover(masks)  # (H, W), N where uncovered
+    pixel_group = torch.where(first < labels.numel(), group[first.clamp(max=labels.numel() - 1)] + 1, 0)
     return pixel_group, group_labels, group_crowd
 
 
@@ -88,7 +116,7 @@ def _pred_map(pred: PanopticResult, is_stuff: Tensor) -> tuple[Tensor, Tensor]:
             f"PanopticResult.segments: found category_id in [{int(cats.min())}, {int(cats.max())}], "
             f"expected ids in [0, {num_classes})"
         )
-    uniq, inverse = torch.unique(seg, return_inverse=True)  # ids present in the map
+    uniq, inverse = _compact_ids(seg)  # ids present in the map
     sorted_ids, order = ids.sort()
     pos = torch.searchsorted(sorted_ids, uniq).clamp(max=max(ids.numel() - 1, 0))
     known = (sorted_ids[pos] == uniq) if ids.numel() else torch.zeros_like(uniq, dtype=torch.bool)
