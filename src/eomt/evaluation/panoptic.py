@@ -136,9 +136,7 @@ def _pred_map(pred: PanopticResult, is_stuff: Tensor) -> tuple[Tensor, Tensor]:
     return lut[inverse], group_labels
 
 
-def panoptic_image_stats(
-    pred: PanopticResult, target: Target, is_stuff: Tensor
-) -> Tensor:
+def panoptic_image_stats(pred: PanopticResult, target: Target, is_stuff: Tensor) -> Tensor:
     """Per-class (4, C) float64 [TP, FP, FN, IoU sum] of one image under the COCO panoptic rules.
 
     is_stuff: (C,) bool, True for stuff classes.
