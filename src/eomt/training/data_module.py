@@ -103,14 +103,20 @@ class EoMTDataModule(pl.LightningDataModule):
         self.val_set: Any = None
 
     def build(self, split: str) -> Any:
+        """The dataset of `split`; options named `<split>_<key>` apply to that split only."""
         from eomt.data.registry import build_dataset
 
+        options: dict[str, Any] = {}
+        splits = (self.data_cfg.train_split, self.data_cfg.val_split)
+        for key, value in self.data_cfg.kwargs.items():
+            prefix, _, rest = key.partition("_")
+            if prefix in splits and rest:
+                if prefix == split:
+                    options[rest] = value
+            else:
+                options.setdefault(key, value)
         return build_dataset(
-            self.data_cfg.dataset,
-            root=self.data_cfg.root,
-            split=split,
-            task=self.model_cfg.task,
-            **self.data_cfg.kwargs,
+            self.data_cfg.dataset, root=self.data_cfg.root, split=split, task=self.model_cfg.task, **options
         )
 
     def setup(self, stage: str | None = None) -> None:

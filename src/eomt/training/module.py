@@ -144,17 +144,22 @@ class EoMTModule(pl.LightningModule):
         self.evaluator = self.make_evaluator()
 
     def validation_step(self, batch: tuple[list[Tensor], list[Target]], batch_idx: int) -> None:
-        from eomt.inference.predictor import segment_batch
-
         images, targets = batch
-        results = segment_batch(
-            self.network,
-            [img.to(self.device) for img in images],
-            self.cfg.model.task,
-            threshold=self.cfg.train.mask_threshold,
+        results = self.predictor().predict_tensors(images)
+        self.evaluator.update(results, [_to_cpu(t) for t in targets])
+
+    def predictor(self, task: str | None = None) -> Any:
+        """The official inference (resize+pad or sliding windows + post-processing) on this network."""
+        from eomt.inference.predictor import Predictor
+
+        network = getattr(self.network, "_orig_mod", self.network)
+        return Predictor(
+            network,
+            task=task or self.cfg.model.task,
+            device=self.device,
+            threshold=self.cfg.train.mask_threshold if (task or self.cfg.model.task) == "panoptic" else None,
             overlap_threshold=self.cfg.train.overlap_threshold,
         )
-        self.evaluator.update([r for r in results], [_to_cpu(t) for t in targets])
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.evaluator.compute()
