@@ -159,10 +159,13 @@ class EoMTDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         return DataLoader(
             self.val_set,
             batch_size=self.data_cfg.batch_size,
-            shuffle=False,
+            # Each process evaluates its own shard (no padding duplicates); evaluators reduce.
+            sampler=list(range(rank, len(self.val_set), world)),
             num_workers=self.data_cfg.num_workers,
             collate_fn=eval_collate,
         )

@@ -163,3 +163,22 @@ def _resume_path(out: Path, resume: str) -> str | None:
     if not Path(resume).exists():
         raise FileNotFoundError(f"--resume: checkpoint {resume} not found")
     return resume
+
+
+def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True) -> dict[str, Any]:
+    """Metrics of the model in `checkpoint` on the config's validation split (all processes)."""
+    from eomt import checkpoints
+
+    network = checkpoints.load_model(checkpoint)
+    if network.config.num_classes != cfg.model.num_classes:
+        raise ValueError(
+            f"--checkpoint {checkpoint}: {network.config.num_classes} classes, the config's dataset "
+            f"has {cfg.model.num_classes}"
+        )
+    if network.masked_attention_active:
+        log.warning("%s: masked attention is not fully annealed; evaluating with it", checkpoint)
+    module = EoMTModule(cfg.to_dict(), network)
+    data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
+    trainer = make_trainer(cfg, progress=progress)
+    trainer.validate(module, datamodule=data, verbose=False)
+    return module.last_metrics

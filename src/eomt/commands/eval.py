@@ -1,0 +1,31 @@
+"""`eomt eval CONFIG --checkpoint PATH`: PQ / mIoU / AP of a checkpoint on the config's val split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML file from configs/ or a preset name")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--checkpoint", required=True, help="model to evaluate: any source `eomt predict` accepts")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eomt.commands.train import format_metrics
+    from eomt.config import load_experiment
+    from eomt.training.run import evaluate
+
+    cfg = load_experiment(args.config, args.overrides)
+    metrics = evaluate(cfg, args.checkpoint, progress=not args.no_progress)
+    print(format_metrics(metrics))
+    if args.out:
+        from eomt.training.run import write_atomic
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(args.out), json.dumps(metrics, indent=2, default=float))
+    return 0
