@@ -58,7 +58,8 @@ def scaled_size_longest(height: int, width: int, size: int | Sequence[int]) -> t
     """(h, w) after scaling the longer side to fit `size`: factor `min(S_h/H, S_w/W)`, rounded."""
     sh, sw = _pair(size)
     factor = min(sh / height, sw / width)
-    return round(height * factor), round(width * factor)
+    # At least one pixel: a 1 x 1000 strip would otherwise round to zero rows.
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def scaled_size_shortest(height: int, width: int, size: int | Sequence[int]) -> tuple[int, int]:

@@ -1,0 +1,172 @@
+"""`eomt predict`: segment image files, folders and globs; write result files and overlays.
+
+Per image `<stem>_overlay.png`, plus per task:
+- panoptic: `<stem>_panoptic.png` (COCO panoptic colours) and its entry in `panoptic.json`;
+- instance: entries in `instances.json` (COCO results, RLE masks);
+- semantic: `<stem>_semantic.png` (class-index label map).
+An unreadable image is reported by name and skipped; the exit code is 1 if any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from eomt.config import TASKS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--model", required=True, help="checkpoint file, folder or hub name")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: the model's own task")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast dtype; fp16 needs CUDA (default: fp32)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="panoptic: class score threshold (default 0.8); "
+                             "instance: drop instances scoring below it (default 0.0)")
+    parser.add_argument("--mask-threshold", type=float, default=0.5, help="panoptic (default: 0.5)")
+    parser.add_argument("--overlap-threshold", type=float, default=0.8, help="panoptic (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=100, help="instance: instances per image (default: 100)")
+    parser.add_argument("--vis-threshold", type=float, default=0.5,
+                        help="instance overlays: draw instances scoring at least this (default: 0.5)")
+    parser.add_argument("--category-ids", type=Path, default=None,
+                        help="JSON list mapping class index -> dataset category id for the JSON outputs")
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders -> their image files; globs -> matching image files. Sorted, unique."""
+    from eomt.inference.io import IMAGE_EXTENSIONS
+
+    def is_image(p: Path) -> bool:
+        return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = sorted(p for p in path.iterdir() if is_image(p))
+        elif glob.has_magic(item):
+            matches = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if is_image(p))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+        if not matches:
+            raise FileNotFoundError(f"{item}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        stems.append(p.stem if n == 0 else f"{p.stem}_{n + 1}")
+    return stems
+
+
+def _read_category_ids(path: Path | None, num_classes: int) -> list[int] | None:
+    if path is None:
+        return None
+    try:
+        ids = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read category ids: {e}") from None
+    if not isinstance(ids, list) or len(ids) != num_classes or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"{path}: expected a JSON list of {num_classes} integers (one per class)")
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from eomt.inference import formats
+    from eomt.inference.io import ImageReadError, read_image, write_json, write_png
+    from eomt.inference.predictor import Predictor
+    from eomt.inference.visualize import overlay
+
+    paths = collect_inputs(args.inputs)
+    predictor = Predictor(
+        args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        threshold=args.threshold, mask_threshold=args.mask_threshold,
+        overlap_threshold=args.overlap_threshold, top_k=args.top_k,
+    )
+    cfg, task, out = predictor.config, predictor.task, args.out
+    category_ids = _read_category_ids(args.category_ids, cfg.num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(paths)
+    written: list[Path] = []
+    failed: list[str] = []
+    panoptic_entries: list[dict[str, Any]] = []
+    instance_entries: list[dict[str, Any]] = []
+    start = time.perf_counter()
+
+    def save(index: int, image: Any, result: Any) -> None:
+        stem = stems[index]
+        vis = {"threshold": args.vis_threshold} if task == "instance" else {}
+        written.append(write_png(out / f"{stem}_overlay.png", overlay(image, result, predictor.class_names, **vis)))
+        if task == "panoptic":
+            name = f"{stem}_panoptic.png"
+            written.append(write_png(out / name, formats.id_to_rgb(result.segmentation)))
+            entry = formats.panoptic_to_coco(result, index, name, category_ids)
+            panoptic_entries.append({**entry, "source": str(paths[index])})
+        elif task == "instance":
+            for e in formats.instances_to_coco(result, index, category_ids):
+                instance_entries.append({**e, "file_name": str(paths[index])})
+        else:
+            written.append(write_png(out / f"{stem}_semantic.png", formats.semantic_to_png_array(result, cfg.num_classes)))
+
+    bar = tqdm(total=len(paths), desc=f"eomt predict ({task})", unit="img", file=sys.stderr)
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        results = predictor.predict_tensors([image for _, image in pending])
+        for (index, image), result in zip(pending, results):
+            try:
+                save(index, image, result)
+            except OSError as e:
+                failed.append(str(paths[index]))
+                tqdm.write(f"eomt predict: {paths[index]}: cannot write results: {e}", file=sys.stderr)
+        bar.update(len(pending))
+        pending.clear()
+
+    for index, path in enumerate(paths):
+        try:
+            pending.append((index, read_image(path)))
+        except (ImageReadError, OSError) as e:
+            failed.append(str(path))
+            tqdm.write(f"eomt predict: skipped {e}", file=sys.stderr)
+            bar.update(1)
+            continue
+        if len(pending) >= predictor.batch_size:
+            flush()
+    flush()
+    bar.close()
+
+    if task == "panoptic":
+        categories = formats.coco_categories(predictor.class_names, cfg.stuff_classes, category_ids)
+        written.append(write_json(out / "panoptic.json", {"annotations": panoptic_entries, "categories": categories}))
+    elif task == "instance":
+        written.append(write_json(out / "instances.json", instance_entries))
+
+    elapsed = time.perf_counter() - start
+    done = len(paths) - len(failed)
+    print(
+        f"eomt predict: {done} image(s) done, {len(failed)} failed, {len(written)} file(s) written "
+        f"to {out} in {elapsed:.1f} s"
+    )
+    if failed:
+        print(f"eomt predict: failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

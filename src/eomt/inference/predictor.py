@@ -1,0 +1,150 @@
+"""`Predictor`: images in, per-image results out (panoptic, instance or semantic).
+
+    predictor = Predictor("tue-mps/coco_panoptic_eomt_large_640", device="cuda", dtype="bf16")
+    results = predictor(["a.jpg", "b.png"])  # list[PanopticResult]
+
+Panoptic and instance inputs are resized (longer side) and padded to the model's input size;
+semantic inputs are cut into square sliding windows (shorter side to the crop size), as in the
+official evaluation. Any image size and aspect ratio works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from eomt.config import TASKS
+from eomt.inference import postprocess
+from eomt.inference.io import ImageInput, load_image
+from eomt.inference.preprocess import resize_and_pad, sliding_windows
+from eomt.models import EoMT
+from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+
+log = logging.getLogger(__name__)
+
+Result = Union[PanopticResult, InstanceResult, SemanticResult]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from a name, checking that CUDA is there when asked for."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of `fp32` / `bf16` / `fp16`; fp16 needs a CUDA device."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown value {dtype!r} (expected one of: {', '.join(DTYPES)})")
+    if dtype == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"dtype: fp16 needs a CUDA device (got device {str(device)!r}); use bf16 or fp32 on CPU"
+        )
+    return DTYPES[dtype]
+
+
+class Predictor:
+    """Run an EoMT model on images of any size and post-process the outputs.
+
+    model: an `EoMT`, or any source `EoMT.from_pretrained` accepts (file, folder, hub name).
+    task: "panoptic" | "instance" | "semantic"; defaults to the model's own task.
+    dtype: "fp32", or "bf16" / "fp16" autocast (fp16 on CUDA only); post-processing is fp32.
+    threshold: panoptic class-score threshold (default 0.8), or the instance score below which
+    instances are dropped (default 0.0: keep the top-k, as the evaluation does).
+    """
+
+    def __init__(
+        self,
+        model: EoMT | str | Path,
+        task: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "fp32",
+        batch_size: int = 1,
+        threshold: float | None = None,
+        mask_threshold: float = 0.5,
+        overlap_threshold: float = 0.8,
+        top_k: int = 100,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_dtype(dtype, self.device)
+        if not isinstance(model, EoMT):
+            model = EoMT.from_pretrained(model)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.task = task or self.config.task
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown value {self.task!r} (expected one of: {', '.join(TASKS)})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size} must be >= 1")
+        self.batch_size = batch_size
+        default = 0.8 if self.task == "panoptic" else 0.0
+        self.threshold = default if threshold is None else float(threshold)
+        self.mask_threshold = mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.top_k = top_k
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        cfg = self.config
+        return cfg.class_names or tuple(f"class {i}" for i in range(cfg.num_classes))
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Result]:
+        """Results for one image or a list of images (paths, PIL images, arrays, tensors)."""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]  # a single image (a tensor or array is one image, not a list)
+        return [result for _, result in self.iter_predict(images)]
+
+    def predict_one(self, image: ImageInput) -> Result:
+        """The result of a single image."""
+        return self([image])[0]
+
+    def iter_predict(self, images: Sequence[ImageInput]) -> Iterator[tuple[Tensor, Result]]:
+        """(loaded image (3, H, W), result) pairs, batch after batch, in input order."""
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            tensors = [load_image(im, name=f"images[{start + j}]") for j, im in enumerate(chunk)]
+            yield from zip(tensors, self.predict_tensors(tensors))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def predict_tensors(self, images: Sequence[Tensor]) -> list[Result]:
+        """Results for already loaded images, each (3, H, W) uint8 or float in [0, 1]."""
+        images = [im.to(self.device) for im in images]
+        if self.task == "semantic":
+            crop = min(self.config.img_size)
+            x, windows = sliding_windows(images, crop)  # (N, 3, S, S)
+            with self._autocast():
+                out = self.model(x)
+            return list(postprocess.semantic(out.mask_logits, out.class_logits, windows))
+        x, metas = resize_and_pad(images, self.config.img_size)  # (B, 3, S_h, S_w)
+        with self._autocast():
+            out = self.model(x)
+        if self.task == "panoptic":
+            return list(
+                postprocess.panoptic(
+                    out.mask_logits,
+                    out.class_logits,
+                    metas,
+                    self.config.stuff_classes,
+                    threshold=self.threshold,
+                    mask_threshold=self.mask_threshold,
+                    overlap_threshold=self.overlap_threshold,
+                )
+            )
+        return list(
+            postprocess.instance(out.mask_logits, out.class_logits, metas, self.top_k, self.threshold)
+        )
