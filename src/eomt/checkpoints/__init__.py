@@ -24,7 +24,8 @@ from eomt.models.eomt import EoMT
 
 def save_official(model: EoMT, path: str | Path) -> Path:
     """Write `to_official_state_dict(model)` with `torch.save`, atomically (e.g. pytorch_model.bin)."""
-    return save_torch(to_official_state_dict(model), Path(path))
+    state = {k: v.to("cpu", copy=True) for k, v in to_official_state_dict(model).items()}
+    return save_torch(state, Path(path))
 
 
 __all__ = [

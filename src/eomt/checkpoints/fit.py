@@ -6,8 +6,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from eomt.checkpoints.io import CheckpointError, StateDict
 from eomt.models.eomt import EoMT
 from eomt.models.vit import resize_pos_embed
@@ -85,7 +83,9 @@ def load_into(
             del sd[k]
     pos = sd.get("backbone.pos_embed")
     want = expected["backbone.pos_embed"]
-    if resample_pos_embed and pos is not None and pos.ndim == 3 and pos.shape != want.shape and pos.shape[-1] == want.shape[-1]:
+    other_grid = pos is not None and pos.ndim == 3 and pos.shape[1:] != want.shape[1:]
+    other_grid = other_grid and pos.shape[2] == want.shape[2]  # same width, other token count
+    if resample_pos_embed and other_grid:
         grid = source_grid or square_grid(pos.shape[1])
         if grid is None or grid[0] * grid[1] != pos.shape[1]:
             raise CheckpointError(
@@ -111,7 +111,7 @@ def load_into(
     for line in report.resampled:
         log.info("%s: resampled %s", name, line)
     if report.skipped:
-        log.info("%s: class head not loaded; freshly initialised with %d outputs", name, model.config.num_classes + 1)
+        log.info("%s: class head not loaded (fresh, %d outputs)", name, model.config.num_classes + 1)
     return report
 
 
@@ -126,14 +126,11 @@ def _model_name(model: EoMT) -> str:
 
 def _hints(report: FitReport) -> str:
     keys = {k for k, _, _ in report.mismatched}
+    if keys - {"class_head.weight", "class_head.bias", "backbone.pos_embed"}:
+        return " (hint: the checkpoint has another architecture; load it without preset=/config= to use its own)"
     hints = []
-    if any(k.startswith("class_head.") for k in keys):
+    if "class_head.weight" in keys or "class_head.bias" in keys:
         hints.append("pass load_class_head=False or num_classes=N to fine-tune on another label space")
     if "backbone.pos_embed" in keys:
         hints.append("pass img_size=(H, W) to resample the position embedding")
     return f" (hint: {'; '.join(hints)})" if hints else ""
-
-
-def cast_like(state_dict: StateDict, dtype: torch.dtype) -> StateDict:
-    """Floating tensors of `state_dict` converted to `dtype` (integer buffers untouched)."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}

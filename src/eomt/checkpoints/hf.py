@@ -103,7 +103,10 @@ def from_hf(sd: StateDict, swiglu: bool, name: str) -> StateDict:
         k = key.removeprefix("eomt.").removeprefix("model.")
         if k.startswith(_IGNORED):
             continue
-        hit = next(((ours, j, m, len(rxs)) for ours, rxs in rules for j, rx in enumerate(rxs) if (m := rx.match(k))), None)
+        hit = next(
+            ((ours, j, m, len(rxs)) for ours, rxs in rules for j, rx in enumerate(rxs) if (m := rx.match(k))),
+            None,
+        )
         if hit is None:
             out[k] = value
             continue
@@ -113,7 +116,9 @@ def from_hf(sd: StateDict, swiglu: bool, name: str) -> StateDict:
         counts[target] = n
     for target, got in parts.items():
         if len(got) != counts[target]:
-            raise CheckpointError(f"{name}: {target} needs {counts[target]} transformers tensors, found {len(got)}")
+            raise CheckpointError(
+                f"{name}: {target} needs {counts[target]} transformers tensors, found {len(got)}"
+            )
         value = torch.cat([got[j] for j in range(counts[target])], dim=0)
         out[target] = value[None] if target == "backbone.pos_embed" and value.ndim == 2 else value
     return out
@@ -126,7 +131,10 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
     if model_type != "eomt":
         raise CheckpointError(f"{name}: model_type {model_type!r} is not supported (expected 'eomt')")
     if d.get("hidden_act", "gelu") != "gelu" or d.get("num_channels", 3) != 3:
-        raise CheckpointError(f"{name}: hidden_act/num_channels {d.get('hidden_act')}/{d.get('num_channels')} unsupported (expected gelu/3)")
+        raise CheckpointError(
+            f"{name}: hidden_act={d.get('hidden_act')!r}, num_channels={d.get('num_channels')} unsupported "
+            "(expected 'gelu', 3)"
+        )
     img, patch = d.get("image_size", 640), d.get("patch_size", 16)
     img = (img, img) if isinstance(img, int) else tuple(img)
     patch = patch if isinstance(patch, int) else patch[0]
@@ -150,7 +158,8 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
         raise CheckpointError(f"{name}: config.json does not give a valid model ({e})") from None
     if d.get("num_upscale_blocks", cfg.num_upscale) != cfg.num_upscale:
         raise CheckpointError(
-            f"{name}: num_upscale_blocks={d['num_upscale_blocks']} unsupported for patch {patch} (expected {cfg.num_upscale})"
+            f"{name}: num_upscale_blocks={d['num_upscale_blocks']} unsupported for patch {patch} "
+            f"(expected {cfg.num_upscale})"
         )
     return cfg if extra.get("task") else with_label_space(cfg)
 
@@ -184,7 +193,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 def is_hf_layout(sd: StateDict) -> bool:
     """True for transformers-named state dicts."""
-    return any(k.removeprefix("eomt.").removeprefix("model.").startswith("embeddings.patch_embeddings.") for k in sd)
+    keys = (k.removeprefix("eomt.").removeprefix("model.") for k in sd)
+    return any(k.startswith("embeddings.patch_embeddings.") for k in keys)
 
 
 def read_hf_config(folder: Path) -> ModelConfig:

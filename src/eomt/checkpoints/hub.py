@@ -20,7 +20,9 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def looks_like_hub_id(source: str) -> bool:
     """`owner/name` that is not a local path and does not end like a file."""
-    return bool(_HUB_ID.match(source)) and not source.lower().endswith(_FILE_SUFFIXES) and not Path(source).exists()
+    if not _HUB_ID.match(source) or source.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return not Path(source).exists()
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:
@@ -32,9 +34,9 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     """
     try:
         import huggingface_hub
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+        from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - a declared dependency
-        raise CheckpointError(f"{repo_id}: huggingface_hub is not installed; pass a local file or folder") from None
+        raise CheckpointError(f"{repo_id}: huggingface_hub is not installed; pass a local path") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
     try:
         is_hf = _is_transformers_repo(huggingface_hub, repo_id, revision, offline)
@@ -48,7 +50,12 @@ def download(repo_id: str, revision: str | None = None) -> Path:
             "file or folder of that name; check the name or pass a local path"
         ) from None
     except Exception as e:  # network, offline mode, cache miss: all mean "could not fetch"
-        why = "offline mode (HF_HUB_OFFLINE) and not in the local cache" if offline else type(e).__name__
+        if offline:
+            why = "HF_HUB_OFFLINE is set and the files are not in the local cache"
+        elif isinstance(e, LocalEntryNotFoundError):  # the library's "no connection, no cached copy"
+            why = "no connection and the files are not in the local cache"
+        else:
+            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}"
         raise CheckpointError(
             f"could not reach the Hugging Face hub for {repo_id!r} ({why}); download the checkpoint "
             "(pytorch_model.bin, or a transformers folder) and pass its local path instead"

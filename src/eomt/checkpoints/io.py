@@ -84,7 +84,10 @@ def read_torch(path: Path, trust_pickle: bool = False) -> Any:
 
 
 def _not_a_checkpoint(path: Path, e: BaseException) -> CheckpointError:
-    kind = "a truncated or corrupt PyTorch archive" if _looks_zip(path) else "not a PyTorch or safetensors checkpoint"
+    if _looks_zip(path):
+        kind = "a truncated or corrupt PyTorch archive"
+    else:
+        kind = "not a PyTorch or safetensors checkpoint"
     return CheckpointError(f"{path}: {kind} ({_reason(e)}); it may be truncated or the wrong file")
 
 
@@ -96,8 +99,9 @@ def _looks_zip(path: Path) -> bool:
 
 def _reason(e: BaseException) -> str:
     """The first line of an exception message, shortened: library messages can span pages."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return (text[:117] + "...") if len(text) > 120 else text
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = (text[:97] + "...") if len(text) > 100 else text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def read_tensor_file(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[str, str]]:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eomt.checkpoints.io import CheckpointError, StateDict, save_safetensors
+from eomt.checkpoints.io import CheckpointError, save_safetensors
 from eomt.config import ConfigError, ModelConfig
 from eomt.models.eomt import EoMT
 
@@ -92,8 +92,3 @@ def config_from_lightning(ckpt: Any, name: str) -> ModelConfig | None:
         return ModelConfig.from_dict(value)
     except (ConfigError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{name}: hyper_parameters.model_config is not a valid config ({e})") from None
-
-
-def strip_state(sd: StateDict) -> StateDict:
-    """Detached CPU copies (no shared storage) for writing."""
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}

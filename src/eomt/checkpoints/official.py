@@ -69,14 +69,14 @@ def _check_normalisation(key: str, value: Tensor, name: str) -> None:
 def to_official_state_dict(model: EoMT) -> StateDict:
     """The model's weights in the official layout, with `network.encoder.pixel_mean/std` buffers.
 
-    `torch.save(to_official_state_dict(model), "pytorch_model.bin")` writes a file that the
-    official code (and `load_model`) reads.
+    Tensors are detached views of the model's (same device, shared storage); `save_official`
+    writes CPU copies to a file that the official code (and `load_model`) reads.
     """
     out: StateDict = {
-        PREFIX + "encoder.pixel_mean": model.pixel_mean.detach().clone().cpu(),
-        PREFIX + "encoder.pixel_std": model.pixel_std.detach().clone().cpu(),
+        PREFIX + "encoder.pixel_mean": model.pixel_mean.detach(),
+        PREFIX + "encoder.pixel_std": model.pixel_std.detach(),
     }
     for k, v in model.state_dict().items():
         key = PREFIX + BACKBONE + k[len("backbone."):] if k.startswith("backbone.") else PREFIX + k
-        out[key] = v.detach().clone().cpu()
+        out[key] = v.detach()
     return out

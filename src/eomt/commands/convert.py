@@ -1,0 +1,48 @@
+"""`eomt convert SRC --to eomt|transformers|official --out PATH`: rewrite a checkpoint in another format."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FORMATS = {
+    "eomt": "one safetensors file with the full config (what `eomt predict` reads)",
+    "transformers": "a folder for EomtForUniversalSegmentation.from_pretrained",
+    "official": "a tue-mps/eomt state dict (network.* keys), e.g. pytorch_model.bin",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SRC", help="checkpoint file, folder or hub id (owner/name)")
+    p.add_argument("--to", required=True, choices=sorted(FORMATS), dest="to",
+                   help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    p.add_argument("--out", required=True, type=Path,
+                   help="output file (eomt, official) or folder (transformers; official: pytorch_model.bin in it)")
+    p.add_argument("--preset", default=None,
+                   help="preset of the source when it cannot be inferred (e.g. eomt_large_640)")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
+                   help="resample the position embedding to this input size (N or H W)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow checkpoints that pickle Python objects besides tensors (trusted files only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eomt.checkpoints import load_model, save_model, save_official, save_transformers
+
+    img_size = None
+    if args.img_size:
+        if len(args.img_size) > 2:
+            raise ValueError(f"--img-size: expected N or H W, got {len(args.img_size)} numbers")
+        img_size = (args.img_size[0], args.img_size[-1])
+    model = load_model(args.source, preset=args.preset, img_size=img_size, trust_pickle=args.trust_pickle)
+    out: Path = args.out
+    if args.to == "eomt":
+        written = save_model(model, out if out.suffix else out.with_suffix(".safetensors"))
+    elif args.to == "transformers":
+        written = save_transformers(model, out)
+    else:
+        written = save_official(model, out / "pytorch_model.bin" if out.is_dir() or not out.suffix else out)
+    cfg = model.config
+    print(f"{args.source} -> {written} ({args.to}; {cfg.name or 'custom config'}, "
+          f"{cfg.num_classes} classes, img_size {cfg.img_size[0]}x{cfg.img_size[1]})")
+    return 0
