@@ -135,6 +135,13 @@ def test_own_format_round_trip_keeps_config_and_extra(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]  # no temp files left
 
 
+def test_run_folder_with_own_file_keeps_config(tmp_path: Path) -> None:
+    model = _model(task="instance")
+    save_model(model, tmp_path / "model.safetensors")
+    (tmp_path / "config.yaml").write_text("model: {}\n")  # a run folder holds more than weights
+    assert load_model(tmp_path).config == model.config
+
+
 def test_own_lightning_ckpt_uses_stored_config(tmp_path: Path) -> None:
     model = _model(task="instance")
     sd = {"network." + k: v for k, v in model.state_dict().items()}

@@ -117,22 +117,25 @@ def read_tensor_file(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[
     return read_torch(path, trust_pickle), {}
 
 
+def find_weight_file(folder: Path) -> Path:
+    """The weight file (or shard index) of a saved folder, in `WEIGHT_FILES` order."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder}: no weight file found (expected one of: {', '.join(WEIGHT_FILES)})")
+
+
 def read_weights_in_folder(folder: Path, trust_pickle: bool = False) -> tuple[StateDict, Path]:
     """The state dict stored in a saved folder (single file or sharded index) and the file read."""
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if name.endswith(".index.json"):
-            return _read_sharded(path, trust_pickle), path
-        obj, _ = read_tensor_file(path, trust_pickle)
-        return as_state_dict(obj, path), path
-    raise CheckpointError(
-        f"{folder}: no weight file found (expected one of: {', '.join(WEIGHT_FILES)})"
-    )
+    path = find_weight_file(folder)
+    if path.name.endswith(".index.json"):
+        return read_sharded(path, trust_pickle), path
+    obj, _ = read_tensor_file(path, trust_pickle)
+    return as_state_dict(obj, path), path
 
 
-def _read_sharded(index: Path, trust_pickle: bool) -> StateDict:
+def read_sharded(index: Path, trust_pickle: bool = False) -> StateDict:
+    """All shards listed in a transformers `*.index.json` weight map, merged."""
     try:
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:

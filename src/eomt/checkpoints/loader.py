@@ -23,7 +23,14 @@ from eomt.checkpoints import hf, official
 from eomt.checkpoints.fit import load_into
 from eomt.checkpoints.hub import download, looks_like_hub_id
 from eomt.checkpoints.infer import infer_config, preset_from_repo, with_label_space
-from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict, read_tensor_file, read_weights_in_folder
+from eomt.checkpoints.io import (
+    CheckpointError,
+    StateDict,
+    as_state_dict,
+    find_weight_file,
+    read_sharded,
+    read_tensor_file,
+)
 from eomt.checkpoints.native import config_from_lightning, config_from_metadata, is_native
 from eomt.config import ModelConfig
 from eomt.config import preset as get_preset
@@ -95,8 +102,10 @@ def _read(source: str | Path, trust_pickle: bool) -> _Source:
             raise CheckpointError(f"{source}: no such file or folder (and not an owner/name hub id)")
         path = download(str(source))
     if path.is_dir():
-        sd, file = read_weights_in_folder(path, trust_pickle)
-        return _classify(sd, str(file), folder=path, ckpt=None)
+        file = find_weight_file(path)
+        if not file.name.endswith(".index.json"):
+            return _read(file, trust_pickle)  # single file: same rules as when named directly
+        return _classify(read_sharded(file, trust_pickle), str(file), folder=path, ckpt=None)
     obj, meta = read_tensor_file(path, trust_pickle)
     if is_native(meta):
         cfg, _ = config_from_metadata(meta, str(path))
