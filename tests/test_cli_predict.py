@@ -127,3 +127,10 @@ def test_predict_fp16_on_cpu_is_a_clear_error(checkpoint: Path, images: Path, tm
     code = main(["predict", "--model", str(checkpoint), str(images / "a.png"), "--out", str(tmp_path / "o"),
                  "--dtype", "fp16"])
     assert code == 1 and "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_output_stems_never_collide() -> None:
+    from eomt.commands.predict import unique_stems
+
+    paths = [Path("x/a.png"), Path("y/a.jpg"), Path("a_2.png"), Path("z/a.png")]
+    assert unique_stems(paths) == ["a", "a_2", "a_2_2", "a_3"]

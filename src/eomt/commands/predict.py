@@ -65,13 +65,17 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return list(found)
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Output name stems: the file stems, with `_2`, `_3`, ... where two inputs share one."""
+    used: set[str] = set()
     stems = []
     for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        stems.append(p.stem if n == 0 else f"{p.stem}_{n + 1}")
+        stem, n = p.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{p.stem}_{n}"
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, task, out = predictor.config, predictor.task, args.out
     category_ids = _read_category_ids(args.category_ids, cfg.num_classes)
     out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(paths)
+    stems = unique_stems(paths)
     written: list[Path] = []
     failed: list[str] = []
     panoptic_entries: list[dict[str, Any]] = []

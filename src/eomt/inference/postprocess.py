@@ -36,6 +36,8 @@ def restore_logits(mask_logits: Tensor, meta: ImageMeta) -> Tensor:
     x = F.interpolate(mask_logits[None].float(), size=meta.input_size, mode="bilinear")
     sh, sw = meta.scaled_size
     x = x[..., :sh, :sw]  # (1, Q, sh, sw) drop the padding
+    if meta.scaled_size == meta.original_size:  # resizing to the same size is the identity
+        return x[0]
     return F.interpolate(x, size=meta.original_size, mode="bilinear")[0]
 
 
@@ -73,7 +75,7 @@ def panoptic(
             continue
         results.append(
             _panoptic_one(
-                restore_logits(mask_logits[i, idx], meta).sigmoid(),
+                restore_logits(mask_logits[i, idx], meta).sigmoid_(),  # a fresh tensor: in place
                 scores[i, idx],
                 classes[i, idx],
                 is_stuff_class,

@@ -95,6 +95,7 @@ class Predictor:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The model's class names, or `class i` when the checkpoint carries none."""
         cfg = self.config
         return cfg.class_names or tuple(f"class {i}" for i in range(cfg.num_classes))
 
