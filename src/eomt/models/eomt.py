@@ -42,16 +42,17 @@ class EoMTOutput(NamedTuple):
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+    """LayerNorm over the channels of a map (kept for the parameter layout `upscale.i.norm`)."""
 
 
 class ScaleBlock(nn.Module):
-    """2x upscale: ConvTranspose 2x2/2 -> GELU -> depthwise 3x3 (no bias) -> LayerNorm2d."""
+    """2x upscale: ConvTranspose 2x2/2 -> GELU -> depthwise 3x3 (no bias) -> LayerNorm2d.
+
+    Works channels-last: (B, H, W, C) -> (B, 2H, 2W, C). The 2x2/2 transposed convolution has
+    non-overlapping outputs, so it is one matmul per pixel followed by a pixel shuffle; the
+    depthwise convolution runs on a channels-last view and the norm needs no permute copy.
+    Parameters keep the official layout (`conv1` is a ConvTranspose2d, `conv2` a Conv2d).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -61,7 +62,13 @@ class ScaleBlock(nn.Module):
         self.norm = LayerNorm2d(dim, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv2(self.act(self.conv1(x))))
+        b, h, w, c = x.shape
+        weight = self.conv1.weight.reshape(c, -1)  # (C_in, C_out * 2 * 2)
+        y = (x.reshape(-1, c) @ weight).view(b, h, w, -1, 2, 2)  # (B, H, W, C_out, 2, 2)
+        y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, -1)  # (B, 2H, 2W, C_out)
+        y = self.act(y + self.conv1.bias)
+        y = self.conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise, channels-last
+        return self.norm(y)
 
 
 class EoMT(nn.Module):
@@ -150,9 +157,9 @@ class EoMT(nn.Module):
         q = x[:, :k]  # (B, K, D)
         class_logits = self.class_head(q)
         patches = x[:, k + self.backbone.num_prefix_tokens :]  # (B, N, D)
-        patches = patches.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])  # (B, D, h, w)
-        features = self.upscale(patches)  # (B, D, 4h, 4w)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(q), features)
+        patches = patches.reshape(x.shape[0], grid[0], grid[1], -1)  # (B, h, w, D) channels-last
+        features = self.upscale(patches)  # (B, 4h, 4w, D)
+        mask_logits = torch.einsum("bqc,bhwc->bqhw", self.mask_head(q), features)
         return mask_logits, class_logits
 
     def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
