@@ -115,3 +115,8 @@ def test_semantic_png_dtype() -> None:
     res = SemanticResult(torch.tensor([[0, 149], [3, 4]]))
     assert formats.semantic_to_png_array(res, 150).dtype == np.uint8
     assert formats.semantic_to_png_array(res, 300).dtype == np.uint16
+
+
+def test_float_arrays_in_0_255_are_not_saturated() -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (6, 7, 3)).astype(np.float32)
+    assert torch.equal(load_image(rgb), torch.from_numpy(rgb.astype(np.uint8)).permute(2, 0, 1))

@@ -69,12 +69,17 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return np.clip(a, 0, 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
-        return np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+        # [0, 1] is the convention; values above 1 can only mean a 0..255 float image.
+        scale = 255.0 if a.size == 0 or float(np.nanmax(a)) <= 1.0 else 1.0
+        return np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8)
     raise ImageReadError(f"{name}: unsupported array dtype {a.dtype} (expected uint8, uint16 or float)")
 
 
 def array_to_tensor(a: np.ndarray, name: str = "image") -> Tensor:
-    """A numpy image (H, W), (H, W, 1|3|4) -> RGB uint8 (3, H, W). Floats are taken as [0, 1]."""
+    """A numpy image (H, W), (H, W, 1|3|4) -> RGB uint8 (3, H, W).
+
+    uint16 is scaled by 1/257; floats are taken as [0, 1] (as 0..255 if any value exceeds 1).
+    """
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
