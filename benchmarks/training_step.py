@@ -1,0 +1,137 @@
+"""Training step time and peak memory: ours vs transformers, masked attention on and off.
+
+One step = forward (train mode) + mask-classification loss on every prediction block + backward +
+AdamW step, on a random batch with crafted disc-shaped targets. Ours uses
+`eomt.training.losses.MaskClassificationLoss.forward_blocks`; transformers computes its loss in
+`EomtForUniversalSegmentation.forward(mask_labels=..., class_labels=...)`. attn_mask_probs = 1
+(start of training: masked attention in every query block) and 0 (annealed). Rows are timed
+round-robin; peak memory is measured per row in a separate step (CPU: process RSS, approximate).
+
+    python benchmarks/training_step.py --preset coco_panoptic_eomt_small_640 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+import torch
+
+import common
+from eomt.benchmark import PeakMemory, environment_info, time_round_robin
+from eomt.structures import Target
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(p)
+    p.set_defaults(iters=3, warmup=1)
+    p.add_argument("--probs", default="1,0", help="attn_mask_probs settings, comma-separated (default: 1,0)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-autocast"),
+                   help="fp32, or bf16 autocast (mixed precision, as the paper's training)")
+    p.add_argument("--targets", type=int, default=8, help="ground-truth segments per image (default: 8)")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    return p.parse_args(argv)
+
+
+def make_targets(batch: int, n: int, num_classes: int, size: tuple[int, int], seed: int) -> list[Target]:
+    gen = torch.Generator().manual_seed(seed)
+    masks = common.crafted_mask_logits(batch, n, size, gen) > 0  # (B, n, H, W) discs
+    labels = torch.randint(0, num_classes, (batch, n), generator=gen)
+    return [Target(masks[i], labels[i], torch.zeros(n, dtype=torch.bool)) for i in range(batch)]
+
+
+def ours_step(model: Any, x: torch.Tensor, targets: list[Target], prec: common.Precision) -> Callable[[float], None]:
+    try:
+        from eomt.training.losses import MaskClassificationLoss
+    except ImportError as e:
+        raise RuntimeError(f"eomt.training.losses not available ({e})") from None
+    criterion = MaskClassificationLoss(model.config.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(p: float) -> None:
+        model.set_attn_mask_probs([p] * model.config.num_blocks)
+        opt.zero_grad(set_to_none=True)
+        with prec.context():
+            out = model(x)
+            loss, _ = criterion.forward_blocks(
+                [*out.mask_logits_per_block, out.mask_logits], [*out.class_logits_per_block, out.class_logits], targets
+            )
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def hf_step(hf: Any, x: torch.Tensor, targets: list[Target], prec: common.Precision) -> Callable[[float], None]:
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+    pixels = common.normalize(x)
+    mask_labels = [t.masks.float() for t in targets]
+    class_labels = [t.labels for t in targets]
+
+    def step(p: float) -> None:
+        with torch.no_grad():
+            hf.attn_mask_probs.fill_(p)
+        opt.zero_grad(set_to_none=True)
+        with prec.context():
+            loss = hf(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.setup(args)
+    cfg = common.build_config(args.preset, args.img_size)
+    prec = common.PRECISIONS[args.precision]
+    model = common.build_model(cfg)
+    hf = None if args.no_hf else common.hf_twin(model).train()
+    model.train()
+    x = torch.rand(args.batch, 3, *cfg.img_size, generator=torch.Generator().manual_seed(args.seed))
+    targets = make_targets(args.batch, args.targets, cfg.num_classes, cfg.img_size, args.seed)
+    probs = [float(p) for p in args.probs.split(",")]
+    record: dict[str, Any] = {
+        "script": "benchmarks/training_step.py",
+        "command": "python " + " ".join(["benchmarks/training_step.py", *(sys.argv[1:] if argv is None else argv)]),
+        "environment": environment_info("cpu", args.precision),
+        "settings": {"preset": args.preset, "img_size": list(cfg.img_size), "batch": args.batch,
+                     "targets_per_image": args.targets, "precision": args.precision, "optimizer": "AdamW",
+                     "warmup": args.warmup, "iters": args.iters},
+    }
+    steps: dict[str, Callable[[float], None]] = {}
+    try:
+        steps["ours"] = ours_step(model, x, targets, prec)
+    except RuntimeError as e:
+        record["ours_skipped"] = str(e)
+        print(f"note: our rows skipped: {e}")
+    if hf is not None:
+        steps["hf"] = hf_step(hf, x, targets, prec)
+    fns = {f"{impl} probs={p:g}": (lambda s=s, p=p: s(p)) for p in probs for impl, s in steps.items()}
+    memory = {}
+    for name, fn in fns.items():
+        fn()  # first step: allocates the optimizer state, which the memory row then excludes
+        with PeakMemory("cpu") as pm:
+            fn()
+        memory[name] = pm.to_dict()
+    stats = time_round_robin(fns, warmup=max(0, args.warmup - 1), iters=args.iters)
+    rows = [{"name": n, **s.to_dict(), "peak_mb": memory[n]["peak_mb"]} for n, s in stats.items()]
+    record["rows"] = rows
+    record["memory_method"] = next(iter(memory.values()))["method"] if memory else None
+    record["ratios"] = {
+        f"ours / hf (probs={p:g})": stats[f"ours probs={p:g}"].median_ms / stats[f"hf probs={p:g}"].median_ms
+        for p in probs if f"ours probs={p:g}" in stats and f"hf probs={p:g}" in stats
+    }
+    print(common.format_table(rows, [("name", "row"), ("median_ms", "median ms"), ("min_ms", "min ms"),
+                                     ("p90_ms", "p90 ms"), ("peak_mb", "peak MiB (RSS, approx.)")]))
+    for key, value in record["ratios"].items():
+        print(f"{key}: {value:.3f}")
+    path = common.write_json(args.json or common.default_json("training_step", args.preset), record)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Export the EoMT network to ONNX, TorchScript or a torch.export ExportedProgram, and run it back.
+
+Only the network is exported, at one fixed input size and batch: the graph takes float images in
+[0, 1] of shape (B, 3, H, W) (ImageNet normalisation is inside) and returns
+(mask_logits (B, K, H/4, W/4), class_logits (B, K, C+1)). Resizing, padding, sliding windows and
+post-processing stay in Python (`eomt.inference`). The resolved `ModelConfig` travels with every
+file (ONNX metadata_props, TorchScript / .pt2 extra files) so a predictor needs nothing else.
+
+A model whose masked attention is still active is refused: its forward draws random numbers and
+makes intermediate predictions, which an exported graph would freeze at trace time.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from eomt.config import ModelConfig
+from eomt.models import EoMT, EoMTOutput
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+CONFIG_KEY = "eomt.config"  # ONNX metadata key / extra-file name holding the ModelConfig JSON
+INPUT_KEY = "eomt.input_shape"
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
+_ONNX_INLINE_LIMIT = 1.8 * 2**30  # protobuf limit is 2 GiB; larger weights go to a .data file
+
+
+class ExportError(ValueError):
+    """The model or the request cannot be exported; the message says why and what to do."""
+
+
+class ExportableNetwork(nn.Module):
+    """The EoMT forward as a plain tensor function: images -> (mask_logits, class_logits)."""
+
+    def __init__(self, model: EoMT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(images)
+        return out.mask_logits, out.class_logits
+
+
+def check_exportable(model: EoMT) -> None:
+    """Raise `ExportError` if the model still uses masked attention (annealing unfinished)."""
+    if model.masked_attention_active:
+        probs = [round(p, 4) for p in model.attn_mask_probs.tolist()]
+        raise ExportError(
+            f"export: masked attention is still active (attn_mask_probs={probs}); an exported graph "
+            "would freeze its random mask draws and intermediate predictions. Finish training until "
+            "mask annealing reaches 0 for every block, or pass --force-unmasked "
+            "(force_unmasked=True) to export with masked attention switched off, which changes "
+            "the predictions of a model that was not annealed"
+        )
+
+
+def export_model(
+    model: EoMT,
+    path: str | Path,
+    format: str = "onnx",
+    img_size: tuple[int, int] | None = None,
+    batch: int = 1,
+    opset: int = 17,
+    force_unmasked: bool = False,
+    onnx_exporter: str = "auto",
+) -> Path:
+    """Export `model` at input (batch, 3, *img_size) (default: the config's size) to `path`.
+
+    `format` is one of "onnx", "torchscript", "exported-program". `onnx_exporter` picks the ONNX
+    exporter: "dynamo" (torch.export based, needs onnxscript), "legacy" (TorchScript based) or
+    "auto" (dynamo when onnxscript is installed). The model is left as it was (its
+    attn_mask_probs are restored after a `force_unmasked` export). Returns the written path.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"export: unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
+    size = tuple(img_size) if img_size is not None else tuple(model.config.img_size)
+    p = model.config.patch_size
+    if len(size) != 2 or any(s <= 0 or s % p for s in size):
+        raise ExportError(f"export: img_size {size} must be two positive multiples of the patch size {p}")
+    if onnx_exporter not in ("auto", "dynamo", "legacy"):
+        raise ExportError(f"export: onnx_exporter {onnx_exporter!r} is not one of auto, dynamo, legacy")
+    if batch < 1:
+        raise ExportError(f"export: batch must be >= 1, got {batch}")
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(_SUFFIX[format])
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    saved_probs = model.attn_mask_probs.detach().clone()
+    was_training = model.training
+    if force_unmasked and model.masked_attention_active:
+        log.warning("exporting with masked attention switched off (attn_mask_probs set to 0)")
+        model.set_attn_mask_probs([0.0] * model.config.num_blocks)
+    try:
+        check_exportable(model)
+        model.eval()
+        net = ExportableNetwork(model).eval()
+        device = next(model.parameters()).device
+        example = torch.rand(batch, 3, *size, device=device)
+        exporters = {
+            "onnx": functools.partial(_export_onnx, exporter=onnx_exporter),
+            "torchscript": _export_torchscript,
+            "exported-program": _export_program,
+        }
+        meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), INPUT_KEY: json.dumps([batch, 3, *size])}
+        # Tracing warns about every Python branch on shapes; they are expected at a fixed size.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            exporters[format](net, example, path, meta, opset)
+    finally:
+        model.set_attn_mask_probs(saved_probs)
+        model.train(was_training)
+    log.info("exported %s network at input %s to %s", format, (batch, 3, *size), path)
+    return path
+
+
+def _export_onnx(
+    net: nn.Module, example: Tensor, path: Path, meta: dict[str, str], opset: int, exporter: str = "auto"
+) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("export: ONNX export needs the `onnx` package: pip install 'eomt[onnx]'") from None
+    names = dict(input_names=["images"], output_names=["mask_logits", "class_logits"])
+    nbytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    large = nbytes > _ONNX_INLINE_LIMIT
+    has_onnxscript = importlib.util.find_spec("onnxscript") is not None
+    if exporter == "auto":
+        exporter = "dynamo" if has_onnxscript else "legacy"
+    if exporter == "dynamo" and not has_onnxscript:
+        raise ExportError("export: the dynamo ONNX exporter needs onnxscript: pip install onnxscript")
+    if exporter == "legacy" and large:
+        raise ExportError(
+            f"export: {nbytes / 2**30:.1f} GiB of weights exceed the 2 GiB ONNX protobuf limit of the "
+            "legacy exporter; install onnxscript to use the dynamo exporter (external weights)"
+        )
+    if exporter == "dynamo":
+        # The torch.export-based exporter; it writes large weights beside the graph itself.
+        program = torch.onnx.export(
+            net, (example,), dynamo=True, opset_version=opset, verbose=False, external_data=large, **names
+        )
+        program.save(str(path), external_data=large)
+    else:
+        # Legacy TorchScript-based exporter: needs no onnxscript; supports opset <= 20.
+        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=opset, **names)
+    proto = onnx.load(str(path), load_external_data=False)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def _export_torchscript(net: nn.Module, example: Tensor, path: Path, meta: dict[str, str], opset: int) -> None:
+    traced = torch.jit.trace(net, (example,), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files=meta)
+
+
+def _export_program(net: nn.Module, example: Tensor, path: Path, meta: dict[str, str], opset: int) -> None:
+    program = torch.export.export(net, (example,))
+    torch.export.save(program, str(path), extra_files=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running exported files
+# ---------------------------------------------------------------------------------------------
+
+
+class ExportedNetwork:
+    """An exported network callable like `EoMT` on float images (B, 3, H, W) in [0, 1].
+
+    Returns an `EoMTOutput` with empty per-block lists. The graph has a fixed batch; other batch
+    sizes are run in chunks of that batch (the last chunk zero-padded). Inputs of another size are
+    an error (resize or window them first). `.config` is the exported model's `ModelConfig`.
+    """
+
+    training = False
+
+    def __init__(self, run: Callable[[Tensor], tuple[Tensor, Tensor]], config: ModelConfig,
+                 input_shape: tuple[int, ...], source: Path) -> None:
+        self._run = run
+        self.config = config
+        self.input_shape = tuple(input_shape)  # (B, 3, H, W) the graph was exported at
+        self.source = source
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.input_shape[2], self.input_shape[3]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def eval(self) -> "ExportedNetwork":
+        return self
+
+    def to(self, device: torch.device | str = "cpu", *args: Any, **kwargs: Any) -> "ExportedNetwork":
+        """Exported graphs run on the CPU; any other device is an error."""
+        if isinstance(device, (str, torch.device)) and torch.device(device).type != "cpu":
+            raise ValueError(f"{self.source}: an exported network runs on the CPU, got device {str(device)!r}")
+        return self
+
+    def __call__(self, images: Tensor) -> EoMTOutput:
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.input_shape[1:]):
+            raise ValueError(
+                f"{self.source}: expected images of shape (B, {', '.join(map(str, self.input_shape[1:]))}), "
+                f"got {tuple(images.shape)}"
+            )
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        images = images.detach().to("cpu", torch.float32)
+        b, step = images.shape[0], self.input_shape[0]
+        masks, classes = [], []
+        for start in range(0, b, step):
+            chunk = images[start : start + step]
+            n = chunk.shape[0]
+            if n < step:
+                chunk = torch.cat([chunk, chunk.new_zeros(step - n, *chunk.shape[1:])])
+            m, c = self._run(chunk.contiguous())
+            masks.append(m[:n])
+            classes.append(c[:n])
+        return EoMTOutput(torch.cat(masks), torch.cat(classes), [], [])
+
+
+class OnnxNetwork(ExportedNetwork):
+    """An exported .onnx run with onnxruntime on the CPU; see `ExportedNetwork`."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError(f"{path}: running ONNX needs onnxruntime: pip install 'eomt[onnx]'") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        config, shape = _read_meta(meta, path)
+        input_name = self.session.get_inputs()[0].name
+
+        def run(x: Tensor) -> tuple[Tensor, Tensor]:
+            m, c = self.session.run(None, {input_name: x.numpy()})
+            return torch.from_numpy(m), torch.from_numpy(c)
+
+        super().__init__(run, config, shape, path)
+
+
+def _read_meta(meta: dict[str, str], path: Path) -> tuple[ModelConfig, tuple[int, ...]]:
+    if CONFIG_KEY not in meta or INPUT_KEY not in meta:
+        raise ValueError(
+            f"{path}: no {CONFIG_KEY!r} / {INPUT_KEY!r} metadata; expected a file written by `eomt export`"
+        )
+    return ModelConfig.from_dict(json.loads(meta[CONFIG_KEY])), tuple(json.loads(meta[INPUT_KEY]))
+
+
+def load_exported(path: str | Path) -> ExportedNetwork:
+    """Open a file written by `export_model` (.onnx, .ts TorchScript, .pt2 ExportedProgram)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such exported model file")
+    if path.suffix == ".onnx":
+        return OnnxNetwork(path)
+    meta: dict[str, Any] = {CONFIG_KEY: "", INPUT_KEY: ""}
+    if path.suffix == ".pt2":
+        program = torch.export.load(str(path), extra_files=meta)
+        module = program.module()
+    elif path.suffix in (".ts", ".pt"):
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=meta)
+    else:
+        raise ValueError(f"{path}: unknown exported format {path.suffix!r} (expected .onnx, .ts or .pt2)")
+    config, shape = _read_meta({k: v for k, v in meta.items() if v}, path)
+
+    def run(x: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return module(x)
+
+    return ExportedNetwork(run, config, shape, path)

@@ -1,0 +1,145 @@
+"""Timing, FLOP counting and memory helpers, and smoke runs of the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from eomt import EoMT
+from eomt.benchmark import (
+    PeakMemory,
+    count_flops,
+    environment_info,
+    meta_model,
+    time_fn,
+    time_round_robin,
+)
+from eomt.config import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_time_fn_calls_warmup_plus_iters_and_orders_stats() -> None:
+    calls = []
+    stats = time_fn(lambda: calls.append(1), warmup=3, iters=7)
+    assert len(calls) == 10
+    assert stats.iters == 7 and len(stats.samples_ms) == 7
+    assert stats.min_ms <= stats.median_ms <= stats.p90_ms <= max(stats.samples_ms)
+    assert stats.min_ms <= stats.mean_ms <= max(stats.samples_ms)
+    assert stats.p90_ms == sorted(stats.samples_ms)[6]  # nearest rank: ceil(0.9 * 7) = 7th
+    with pytest.raises(ValueError, match="iters: expected >= 1, got 0"):
+        time_fn(lambda: None, iters=0)
+
+
+def test_time_round_robin_interleaves() -> None:
+    order: list[str] = []
+    stats = time_round_robin({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, iters=2)
+    assert order == ["a", "b"] * 3
+    assert set(stats) == {"a", "b"} and stats["a"].iters == 2
+
+
+def test_count_flops_matches_a_linear_layer_by_hand() -> None:
+    counted = count_flops(nn.Linear(8, 16), (4, 8))
+    assert counted.flops == 2 * 4 * 8 * 16
+    assert counted.macs == 4 * 8 * 16 and counted.gmacs == pytest.approx(4 * 8 * 16 / 1e9)
+
+
+def test_count_flops_scales_with_batch_and_meta_matches_cpu() -> None:
+    cfg = tiny_config()
+    model = EoMT(cfg).eval()
+    model.set_attn_mask_probs([0.0, 0.0])
+    one = count_flops(model, (1, 3, 64, 64))
+    two = count_flops(model, (2, 3, 64, 64))
+    assert one.flops > 0
+    assert two.flops == pytest.approx(2 * one.flops, rel=0.01)
+    assert count_flops(meta_model(cfg, 0.0), (1, 3, 64, 64)).flops == one.flops
+    # masked attention adds an intermediate prediction per query block
+    assert count_flops(meta_model(cfg, 1.0), (1, 3, 64, 64)).flops > one.flops
+
+
+def test_meta_model_allocates_no_weights() -> None:
+    model = meta_model(tiny_config(), 0.0)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert not model.masked_attention_active
+
+
+def test_peak_memory_sees_a_large_cpu_allocation() -> None:
+    with PeakMemory("cpu") as pm:
+        x = torch.ones(16 * 2**20)  # 64 MiB, touched
+        del x
+    if pm.method.startswith("rss peak"):
+        assert 48 <= pm.peak_mb < 1024
+    assert pm.to_dict()["method"] == pm.method
+
+
+def test_environment_info_names_what_timings_depend_on() -> None:
+    info = environment_info("cpu", "bf16")
+    assert info["torch"] == torch.__version__
+    assert info["threads"] == torch.get_num_threads()
+    assert info["dtype"] == "bf16" and info["device"] == "cpu" and info["device_name"]
+
+
+def _run(script: str, *args: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_inference_script_smoke(tmp_path: Path) -> None:
+    rec = _run("inference", "--preset", "tiny", "--iters", "1", "--warmup", "0",
+               "--precisions", "fp32,bf16-autocast", tmp_path=tmp_path)
+    names = {r["name"] for r in rec["rows"]}
+    assert {"ours fp32 eager", "ours bf16-autocast eager", "hf fp32 eager", "ours postprocess",
+            "hf postprocess", "ours fp32 end-to-end", "hf fp32 end-to-end"} <= names
+    assert rec["environment"]["torch"] == torch.__version__
+    assert "ours_fp32 / hf_fp32 (network)" in rec["ratios"]
+    # the transformers twin carries the same weights: same outputs
+    assert rec["parity_fp32_max_abs_diff"]["mask_logits"] < 1e-3
+    assert rec["parity_fp32_max_abs_diff"]["class_logits"] < 1e-4
+    # the crafted post-processing workload keeps segments, and both implementations agree
+    assert rec["postprocess"]["segments_ours"] > 0
+    assert rec["postprocess"]["segments_ours"] == rec["postprocess"]["segments_hf"]
+    assert rec["postprocess"]["pixel_agreement"] == 1.0
+
+
+def test_training_step_script_smoke(tmp_path: Path) -> None:
+    rec = _run("training_step", "--preset", "tiny", "--iters", "1", "--warmup", "0", "--targets", "3", "--probs", "1",
+               tmp_path=tmp_path)
+    assert {r["name"] for r in rec["rows"]} == {"ours probs=1", "hf probs=1"}
+    assert "ours / hf (probs=1)" in rec["ratios"]
+    assert all(r["median_ms"] > 0 for r in rec["rows"])
+
+
+def test_flops_script_smoke(tmp_path: Path) -> None:
+    rec = _run("flops", "--presets", "tiny,coco_panoptic_eomt_small_640", tmp_path=tmp_path)
+    small = next(r for r in rec["rows"] if r["preset"] == "coco_panoptic_eomt_small_640")
+    assert small["paper_gflops"] == 68
+    assert small["ratio"] == pytest.approx(1.0, abs=0.02)  # counted MACs reproduce the paper
+    assert small["gmacs_masked"] > small["gmacs"] > 0
+
+
+def test_cli_bench_reports_latency_flops_and_memory(tmp_path: Path, capsys) -> None:
+    from eomt.checkpoints import save_model
+    from eomt.cli import main
+
+    model = EoMT(tiny_config())
+    model.set_attn_mask_probs([0.0, 0.0])
+    ckpt = save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(ckpt), "--iters", "2", "--warmup", "0", "--batch", "2",
+                 "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["input"] == [2, 3, 64, 64] and rec["network"]["iters"] == 2
+    expected = count_flops(meta_model(tiny_config(), 0.0), (1, 3, 64, 64)).gmacs
+    assert rec["gmacs_per_image"] == pytest.approx(expected)
+    assert "images/s" in capsys.readouterr().out
