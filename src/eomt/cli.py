@@ -58,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg += f"; did you mean {hint[0]!r}?"
         print(msg + f" (commands: {', '.join(sorted(known))})", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`eomt train cfg.yaml --resume never a.b=1`).
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

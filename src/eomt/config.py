@@ -319,6 +319,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     seed: int = 0
+    threads: int = 0  # torch intra-op threads of the training process; 0 = torch's default
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int = 500
     log_every_n_steps: int = 10

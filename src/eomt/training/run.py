@@ -133,6 +133,8 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
     out = Path(t.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(t.seed, workers=False, verbose=False)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
     write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     trainer = make_trainer(cfg, progress=progress)
     data = EoMTDataModule(cfg.data, cfg.model, seed=t.seed)
