@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     from eomt.training.run import evaluate
 
     cfg = load_experiment(args.config, args.overrides)
-    metrics = evaluate(cfg, args.checkpoint, progress=not args.no_progress)
+    metrics, is_main = evaluate(cfg, args.checkpoint, progress=not args.no_progress)
+    if not is_main:
+        return 0
     print(format_metrics(metrics))
     if args.out:
         from eomt.training.run import write_atomic

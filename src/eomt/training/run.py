@@ -70,9 +70,10 @@ def build_network(cfg: ExperimentConfig) -> EoMT:
 def _loggers(out: Path) -> list[Any]:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    loggers: list[Any] = [CSVLogger(out, name="logs", version="")]
+    # One version folder per (re)start, so a resumed run never overwrites the logs of the first.
+    loggers: list[Any] = [CSVLogger(out, name="logs")]
     try:
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
     except ModuleNotFoundError:
         log.warning("tensorboard/tensorboardX not installed: logging to CSV only")
     return loggers
@@ -112,6 +113,8 @@ def make_trainer(cfg: ExperimentConfig, *, progress: bool = True, extra_callback
         use_distributed_sampler=False,  # our samplers shard and resume themselves
         enable_progress_bar=progress,
         enable_model_summary=False,
+        # No sanity validation: it would consume random numbers at a resume and change the run.
+        num_sanity_val_steps=0,
         default_root_dir=out,
         deterministic=False,
     )
@@ -167,8 +170,9 @@ def _resume_path(out: Path, resume: str) -> str | None:
     return resume
 
 
-def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True) -> dict[str, Any]:
-    """Metrics of the model in `checkpoint` on the config's validation split (all processes)."""
+def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """Metrics of the model in `checkpoint` on the config's validation split, reduced over all
+    processes, and whether this process is the global rank zero (the one that should report)."""
     from eomt import checkpoints
 
     network = checkpoints.load_model(checkpoint)
@@ -183,4 +187,4 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True) -
     data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
     trainer = make_trainer(cfg, progress=progress)
     trainer.validate(module, datamodule=data, verbose=False)
-    return module.last_metrics
+    return module.last_metrics, trainer.is_global_zero
