@@ -134,3 +134,24 @@ def test_output_stems_never_collide() -> None:
 
     paths = [Path("x/a.png"), Path("y/a.jpg"), Path("a_2.png"), Path("z/a.png")]
     assert unique_stems(paths) == ["a", "a_2", "a_2_2", "a_3"]
+
+
+def test_predict_runs_on_an_exported_onnx_file(tmp_path: Path, checkpoint: Path, images: Path) -> None:
+    """`eomt predict --model file.onnx` gives the same panoptic maps as the PyTorch model."""
+    from eomt.checkpoints import load_model
+    from eomt.export import export_model
+    from eomt.inference.predictor import Predictor
+
+    model = load_model(checkpoint)
+    onnx_path = export_model(model, tmp_path / "tiny.onnx", format="onnx")
+    files = sorted(p for p in images.iterdir() if p.stem in GOOD)
+    # A low class threshold so that random weights still produce segments to compare.
+    ours = Predictor(model, threshold=0.0)(files)
+    exported = Predictor(str(onnx_path), threshold=0.0)(files)
+    assert sum(len(r.segments) for r in ours) > 0
+    for a, b in zip(ours, exported):
+        assert torch.equal(a.segmentation, b.segmentation)
+        assert [s["category_id"] for s in a.segments] == [s["category_id"] for s in b.segments]
+    out = tmp_path / "onnx_out"
+    assert main(["predict", "--model", str(onnx_path), "--out", str(out), *map(str, files)]) == 0
+    assert len(list(out.glob("*_overlay.png"))) == len(files)

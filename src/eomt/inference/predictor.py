@@ -53,10 +53,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts")
+
+
 class Predictor:
     """Run an EoMT model on images of any size and post-process the outputs.
 
-    model: an `EoMT`, or any source `EoMT.from_pretrained` accepts (file, folder, hub name).
+    model: an `EoMT`, any source `EoMT.from_pretrained` accepts (file, folder, hub name), or a
+    network exported by `eomt export` (.onnx run with onnxruntime, .pt2, .ts) at a fixed input size.
     task: "panoptic" | "instance" | "semantic"; defaults to the model's own task.
     dtype: "fp32", or "bf16" / "fp16" autocast (fp16 on CUDA only); post-processing is fp32.
     threshold: panoptic class-score threshold (default 0.8), or the instance score below which
@@ -77,10 +81,16 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
-        if not isinstance(model, EoMT):
+        if isinstance(model, (str, Path)) and Path(model).suffix in EXPORTED_SUFFIXES:
+            from eomt.export import load_exported
+
+            model = load_exported(model)
+        elif not isinstance(model, EoMT) and not hasattr(model, "input_shape"):
             model = EoMT.from_pretrained(model)
         self.model = model.to(self.device).eval()
         self.config = model.config
+        # An exported graph has a fixed input size, which may differ from the training size.
+        self.input_size: tuple[int, int] = tuple(getattr(model, "img_size", self.config.img_size))  # type: ignore[assignment]
         self.task = task or self.config.task
         if self.task not in TASKS:
             raise ValueError(f"task: unknown value {self.task!r} (expected one of: {', '.join(TASKS)})")
@@ -126,12 +136,12 @@ class Predictor:
         """Results for already loaded images, each (3, H, W) uint8 or float in [0, 1]."""
         images = [im.to(self.device) for im in images]
         if self.task == "semantic":
-            crop = min(self.config.img_size)
+            crop = min(self.input_size)
             x, windows = sliding_windows(images, crop)  # (N, 3, S, S)
             with self._autocast():
                 out = self.model(x)
             return list(postprocess.semantic(out.mask_logits, out.class_logits, windows))
-        x, metas = resize_and_pad(images, self.config.img_size)  # (B, 3, S_h, S_w)
+        x, metas = resize_and_pad(images, self.input_size)  # (B, 3, S_h, S_w)
         with self._autocast():
             out = self.model(x)
         if self.task == "panoptic":
