@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="image size the post-processing restores (default: 480 640)")
     p.add_argument("--confident", type=float, default=0.5,
                    help="fraction of queries whose class score passes 0.8 (default: 0.5)")
-    p.add_argument("--profile", action="store_true", help="record torch.profiler top ops of our forward")
+    p.add_argument("--profile", action="store_true", help="record torch.profiler top ops of the eager forwards")
     return p.parse_args(argv)
 
 
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "class_logits": float((ours_out.class_logits - hf_out.class_queries_logits).abs().max()),
         }
     fns, meta = network_fns(args, model, hf, x)
+    record["precision_vs_fp32"] = precision_errors(fns, meta, model, x)
     if not args.no_postprocess:
         pfns, pmeta, record["postprocess"] = postprocess_fns(args, cfg, model, hf, x)
         fns.update(pfns)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     record["ratios"] = ratios({r["name"]: r["median_ms"] for r in rows}, args)
     if args.profile:
         record["profile"] = {}
-        for name in [n for n in fns if meta[n]["section"] == "network" and meta[n]["impl"] == "ours"]:
+        for name in [n for n in fns if meta[n]["section"] == "network" and meta[n]["mode"] == "eager"]:
             record["profile"][name] = common.profile_top_ops(fns[name])
     print(common.format_table(rows, [("name", "row"), ("median_ms", "median ms"), ("p90_ms", "p90 ms"),
                                      ("min_ms", "min ms"), ("images_per_s", "img/s"),
@@ -198,6 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     path = common.write_json(args.json or common.default_json("inference", args.preset), record)
     print(f"\nwrote {path}")
     return 0
+
+
+def precision_errors(fns: dict, meta: dict, model: Any, x: torch.Tensor) -> dict[str, dict[str, float]]:
+    """How far each of our eager precisions is from fp32: max |diff| of the logits, and the
+    fraction of mask pixels whose sign (inside / outside) agrees."""
+    with torch.inference_mode():
+        ref = model(x)
+    out = {}
+    for name, fn in fns.items():
+        m = meta[name]
+        if m["impl"] != "ours" or m["mode"] != "eager" or m["precision"] == "fp32":
+            continue
+        got = fn()
+        out[m["precision"]] = {
+            "mask_logits_max_abs_diff": round(float((got.mask_logits.float() - ref.mask_logits).abs().max()), 4),
+            "class_logits_max_abs_diff": round(float((got.class_logits.float() - ref.class_logits).abs().max()), 4),
+            "mask_sign_agreement": round(float(((got.mask_logits > 0) == (ref.mask_logits > 0)).float().mean()), 5),
+        }
+    return out
 
 
 def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, float]:

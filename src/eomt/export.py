@@ -4,7 +4,8 @@ Only the network is exported, at one fixed input size and batch: the graph takes
 [0, 1] of shape (B, 3, H, W) (ImageNet normalisation is inside) and returns
 (mask_logits (B, K, H/4, W/4), class_logits (B, K, C+1)). Resizing, padding, sliding windows and
 post-processing stay in Python (`eomt.inference`). The resolved `ModelConfig` travels with every
-file (ONNX metadata_props, TorchScript / .pt2 extra files) so a predictor needs nothing else.
+file (ONNX metadata_props, TorchScript / .pt2 extra files), with `img_size` set to the graph's
+input size, so a predictor needs nothing else.
 
 A model whose masked attention is still active is refused: its forward draws random numbers and
 makes intermediate predictions, which an exported graph would freeze at trace time.
@@ -112,7 +113,9 @@ def export_model(
             "torchscript": _export_torchscript,
             "exported-program": _export_program,
         }
-        meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), INPUT_KEY: json.dumps([batch, 3, *size])}
+        # The stored config gives the graph's input size, so a predictor resizes images to it.
+        config = model.config.replace(img_size=size)
+        meta = {CONFIG_KEY: json.dumps(config.to_dict()), INPUT_KEY: json.dumps([batch, 3, *size])}
         # Tracing warns about every Python branch on shapes; they are expected at a fixed size.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
