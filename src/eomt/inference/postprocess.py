@@ -101,7 +101,7 @@ def _panoptic_one(
     orig = masks >= mask_threshold  # (K, H, W)
     # A pixel ends up in its winner's segment only if it is also inside the winner's own mask.
     inside = orig.gather(0, mask_ids[None])[0]  # (H, W)
-    orig_area = orig.flatten(1).sum(1)  # (K,)
+    orig_area = torch.count_nonzero(orig, dim=(1, 2))  # (K,) without an int64 copy of the masks
     new_area = torch.bincount(mask_ids.flatten(), minlength=k)  # (K,)
     final_area = torch.bincount(mask_ids[inside], minlength=k)  # (K,)
     ratio = new_area.double() / orig_area.clamp(min=1).double()

@@ -64,9 +64,10 @@ class ScaleBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         weight = self.conv1.weight.reshape(c, -1)  # (C_in, C_out * 2 * 2)
-        y = (x.reshape(-1, c) @ weight).view(b, h, w, -1, 2, 2)  # (B, H, W, C_out, 2, 2)
+        bias = self.conv1.bias.repeat_interleave(4)  # (C_out * 2 * 2,) one bias per output channel
+        y = torch.addmm(bias, x.reshape(-1, c), weight).view(b, h, w, -1, 2, 2)  # (B, H, W, C_out, 2, 2)
         y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, -1)  # (B, 2H, 2W, C_out)
-        y = self.act(y + self.conv1.bias)
+        y = self.act(y)
         y = self.conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise, channels-last
         return self.norm(y)
 
@@ -159,7 +160,10 @@ class EoMT(nn.Module):
         patches = x[:, k + self.backbone.num_prefix_tokens :]  # (B, N, D)
         patches = patches.reshape(x.shape[0], grid[0], grid[1], -1)  # (B, h, w, D) channels-last
         features = self.upscale(patches)  # (B, 4h, 4w, D)
-        mask_logits = torch.einsum("bqc,bhwc->bqhw", self.mask_head(q), features)
+        # One (4h*4w, D) x (D, K) matmul per image; the result is returned as a (B, K, 4h, 4w) view
+        # with channels-last strides, which the resizing and per-pixel argmax downstream prefer.
+        mask_logits = features.flatten(1, 2) @ self.mask_head(q).transpose(1, 2)  # (B, 16hw, K)
+        mask_logits = mask_logits.transpose(1, 2).unflatten(2, features.shape[1:3])  # (B, K, 4h, 4w)
         return mask_logits, class_logits
 
     def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
