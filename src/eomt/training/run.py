@@ -7,6 +7,7 @@ TensorBoard logs, and `model.safetensors` (the final network with its config, al
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -129,6 +130,28 @@ def _devices(text: str) -> Any:
     return int(text)
 
 
+def with_dataset_labels(cfg: ExperimentConfig, dataset: Any) -> ExperimentConfig:
+    """Take the label space (class names, stuff ids) from the dataset when the config names none;
+    a config that names a different number of classes than the dataset has is an error."""
+    names = list(getattr(dataset, "class_names", []) or [])
+    if not names:
+        return cfg
+    m = cfg.model
+    if not m.class_names:
+        log.info("model: %d classes from the dataset (%s)", len(names), cfg.data.dataset)
+        model = m.replace(
+            num_classes=len(names), class_names=tuple(names),
+            stuff_classes=tuple(getattr(dataset, "stuff_classes", ()) or ()),
+        )
+        return dataclasses.replace(cfg, model=model)
+    if len(m.class_names) != len(names):
+        raise ValueError(
+            f"model.num_classes: {m.num_classes} in the config, but dataset {cfg.data.dataset} has "
+            f"{len(names)} classes; remove model.class_names/num_classes to take them from the data"
+        )
+    return cfg
+
+
 def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True) -> EoMTModule:
     """Train as configured; `resume`: "auto" (from out_dir/checkpoints/last.ckpt if present),
     "never", or a checkpoint path. Returns the trained module (with `last_metrics` after validation)."""
@@ -139,9 +162,12 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = make_trainer(cfg, progress=progress)
     data = EoMTDataModule(cfg.data, cfg.model, seed=t.seed)
     data.setup("fit")
+    cfg = with_dataset_labels(cfg, data.train_set)
+    data.model_cfg = cfg.model
+    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = make_trainer(cfg, progress=progress)
     module = EoMTModule(cfg.to_dict(), build_network(cfg))
     steps_per_epoch = data.steps_per_epoch(trainer.world_size)
     module.total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
