@@ -164,6 +164,9 @@ class EoMT(nn.Module):
         # with channels-last strides, which the resizing and per-pixel argmax downstream prefer.
         mask_logits = features.flatten(1, 2) @ self.mask_head(q).transpose(1, 2)  # (B, 16hw, K)
         mask_logits = mask_logits.transpose(1, 2).unflatten(2, features.shape[1:3])  # (B, K, 4h, 4w)
+        if self.training:
+            # The loss samples points per mask and backpropagates: a plain layout is faster there.
+            mask_logits = mask_logits.contiguous()
         return mask_logits, class_logits
 
     def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
