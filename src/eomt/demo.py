@@ -61,11 +61,8 @@ def evaluate_all_tasks(network: Any, dataset: Any, batch_size: int = 8) -> dict[
         targets = [t for _, t in items]
         pq.update(predictors["panoptic"].predict_tensors(images), targets)
         miou.update(predictors["semantic"].predict_tensors(images), targets)
-        things = [
-            Target(t.masks[~torch.isin(t.labels, stuff)], t.labels[~torch.isin(t.labels, stuff)],
-                   t.is_crowd[~torch.isin(t.labels, stuff)])
-            for t in targets
-        ]
+        keep = [~torch.isin(t.labels, stuff) for t in targets]  # thing segments of each image
+        things = [Target(t.masks[k], t.labels[k], t.is_crowd[k]) for t, k in zip(targets, keep)]
         ap.update(predictors["instance"].predict_tensors(images), things)
     out: dict[str, float] = {}
     for name, ev in (("panoptic", pq), ("semantic", miou), ("instance", ap)):

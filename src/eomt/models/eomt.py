@@ -108,7 +108,8 @@ class EoMT(nn.Module):
             )
         with torch.no_grad():
             self.attn_mask_probs.copy_(probs)
-        self._sync_mask_active()
+        # Read the flags from the CPU input: no device-to-host sync per training step.
+        self._mask_active = tuple(bool(p > 0) for p in probs.tolist())
 
     def _sync_mask_active(self) -> None:
         self._mask_active = tuple(bool(p > 0) for p in self.attn_mask_probs.tolist())
