@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eomt.config import ModelConfig
+from eomt.models.kernels import cpu_inference, linear_gelu
 from eomt.models.vit import ViT
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,27 +50,79 @@ class ScaleBlock(nn.Module):
     """2x upscale: ConvTranspose 2x2/2 -> GELU -> depthwise 3x3 (no bias) -> LayerNorm2d.
 
     Works channels-last: (B, H, W, C) -> (B, 2H, 2W, C). The 2x2/2 transposed convolution has
-    non-overlapping outputs, so it is one matmul per pixel followed by a pixel shuffle; the
-    depthwise convolution runs on a channels-last view and the norm needs no permute copy.
-    Parameters keep the official layout (`conv1` is a ConvTranspose2d, `conv2` a Conv2d).
+    non-overlapping outputs, so it is one matmul per pixel with the outputs ordered (dy, dx, C),
+    followed by the GELU (elementwise, so it commutes with the shuffle and fuses into the matmul on
+    the bf16 CPU path) and a pixel shuffle that moves whole (dx, C) rows. The depthwise convolution
+    runs on a channels-last view and the norm needs no permute copy. Parameters keep the official
+    layout (`conv1` is a ConvTranspose2d, `conv2` a Conv2d).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-        self.act = nn.GELU()
         self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
         self.norm = LayerNorm2d(dim, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
-        weight = self.conv1.weight.reshape(c, -1)  # (C_in, C_out * 2 * 2)
-        bias = self.conv1.bias.repeat_interleave(4)  # (C_out * 2 * 2,) one bias per output channel
-        y = torch.addmm(bias, x.reshape(-1, c), weight).view(b, h, w, -1, 2, 2)  # (B, H, W, C_out, 2, 2)
-        y = y.permute(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, -1)  # (B, 2H, 2W, C_out)
-        y = self.act(y)
-        y = self.conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise, channels-last
-        return self.norm(y)
+        return self.norm(self.depthwise(self.expand(x, *self.expand_params())))
+
+    def expand_params(self) -> tuple[Tensor, Tensor]:
+        """conv1 as a linear layer: weight (dy, dx, C_out, C_in) flattened to rows, bias per row."""
+        c_in = self.conv1.weight.shape[0]
+        weight = self.conv1.weight.permute(2, 3, 1, 0).reshape(-1, c_in)
+        return weight, self.conv1.bias.repeat(4)
+
+    @staticmethod
+    def expand(x: Tensor, weight: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
+        """Transposed convolution + GELU + pixel shuffle: (B, H, W, C) -> (B, 2H, 2W, C_out).
+
+        `out`, if given, is a (B, 2H, 2W, C_out) view (rows may be strided) that receives the result.
+        """
+        b, h, w, _ = x.shape
+        y = linear_gelu(x, weight, bias).view(b, h, w, 2, 2, -1)  # (B, H, W, dy, dx, C_out)
+        if out is None:
+            return y.transpose(2, 3).reshape(b, 2 * h, 2 * w, -1)
+        out.view(b, h, 2, w, 2, -1).copy_(y.transpose(2, 3))
+        return out
+
+    def depthwise(self, y: Tensor) -> Tensor:
+        """The depthwise 3x3 convolution on a channels-last (B, H, W, C) map (zero padding)."""
+        return self.conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _banded_mask_logits(block: ScaleBlock, x: Tensor, embed_t: Tensor, band_bytes: int = 2 << 20) -> Tensor:
+    """The last upscale block and the mask product, computed in bands of rows (CPU inference).
+
+    x: (B, H, W, C) input of `block`; embed_t: (B, C, K) mask embeddings. Returns the mask logits
+    (B, 2H, 2W, K), equal to `block(x).flatten(1, 2) @ embed_t`. The full-resolution features
+    (the largest activation of the network) never exist at once: each band's temporaries stay
+    around `band_bytes`, in cache and free of page faults. The depthwise convolution needs one row
+    either side, so the last two expanded rows of a band are carried into the next one, and a band
+    emits the rows whose neighbours it has (the last band emits the rest). Every band is written
+    into one reused buffer, after the two rows it carries.
+    """
+    b, h, w, c = x.shape
+    k = embed_t.shape[-1]
+    weight, bias = block.expand_params()
+    out = x.new_empty(b, 2 * h, 2 * w, k)
+    step = max(1, band_bytes // max(1, b * w * weight.shape[0] * x.element_size()))
+    # Rows 0-1 of the band buffer hold the last two expanded rows of the previous band.
+    buf = x.new_empty(b, 2 * step + 2, 2 * w, weight.shape[0] // 4)
+    done = n_prev = 0  # output rows written, expanded rows in the previous band
+    for a in range(0, h, step):
+        e = min(a + step, h)
+        n = 2 * (e - a)
+        if a:
+            buf[:, :2] = buf[:, n_prev : n_prev + 2]
+        block.expand(x[:, a:e], weight, bias, out=buf[:, 2 : 2 + n])  # expanded rows [2a, 2e)
+        start, top = (2, 2 * a) if a == 0 else (0, 2 * a - 2)
+        z = block.depthwise(buf[:, start : 2 + n])  # rows [top, 2e); the first and last lack a neighbour
+        stop = z.shape[1] if e == h else z.shape[1] - 1  # unless at the image border
+        z = block.norm(z[:, done - top : stop])  # rows [done, top + stop)
+        torch.matmul(z.flatten(1, 2), embed_t, out=out[:, done : done + z.shape[1]].flatten(1, 2))
+        done += z.shape[1]
+        n_prev = n
+    return out
 
 
 class EoMT(nn.Module):
@@ -160,11 +213,18 @@ class EoMT(nn.Module):
         class_logits = self.class_head(q)
         patches = x[:, k + self.backbone.num_prefix_tokens :]  # (B, N, D)
         patches = patches.reshape(x.shape[0], grid[0], grid[1], -1)  # (B, h, w, D) channels-last
-        features = self.upscale(patches)  # (B, 4h, 4w, D)
+        embed_t = self.mask_head(q).transpose(1, 2)  # (B, D, K)
         # One (4h*4w, D) x (D, K) matmul per image; the result is returned as a (B, K, 4h, 4w) view
         # with channels-last strides, which the resizing and per-pixel argmax downstream prefer.
-        mask_logits = features.flatten(1, 2) @ self.mask_head(q).transpose(1, 2)  # (B, 16hw, K)
-        mask_logits = mask_logits.transpose(1, 2).unflatten(2, features.shape[1:3])  # (B, K, 4h, 4w)
+        if len(self.upscale) and cpu_inference(x):
+            *first, last = self.upscale
+            for block in first:
+                patches = block(patches)
+            mask_logits = _banded_mask_logits(last, patches, embed_t)  # (B, 4h, 4w, K)
+        else:
+            features = self.upscale(patches)  # (B, 4h, 4w, D)
+            mask_logits = (features.flatten(1, 2) @ embed_t).unflatten(1, features.shape[1:3])
+        mask_logits = mask_logits.permute(0, 3, 1, 2)  # (B, K, 4h, 4w)
         if self.training:
             # The loss samples points per mask and backpropagates: a plain layout is faster there.
             mask_logits = mask_logits.contiguous()

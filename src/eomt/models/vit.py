@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eomt.config import ModelConfig
+from eomt.models.kernels import linear, linear_gelu
 
 
 class PatchEmbed(nn.Module):
@@ -39,11 +40,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, h, d/h)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, h, d/h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d/h)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x.transpose(1, 2).reshape(b, n, d)  # (B, N, D)
-        return self.proj(x)
+        return linear(x, self.proj.weight, self.proj.bias)
 
 
 class LayerScale(nn.Module):
@@ -59,11 +61,11 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: Tensor) -> Tensor:  # fc1 -> exact GELU -> fc2
+        x = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        return linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class SwiGLUPacked(nn.Module):
@@ -75,8 +77,8 @@ class SwiGLUPacked(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(x1) * x2)
+        x1, x2 = linear(x, self.fc1.weight, self.fc1.bias).chunk(2, dim=-1)
+        return linear(F.silu(x1) * x2, self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Module):
@@ -93,8 +95,9 @@ class Block(nn.Module):
         self.ls2 = LayerScale(d, cfg.layerscale_init)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), mask))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        # x + gamma * y in one pass (addcmul) instead of a multiply and an add.
+        x = torch.addcmul(x, self.ls1.gamma, self.attn(self.norm1(x), mask))
+        return torch.addcmul(x, self.ls2.gamma, self.mlp(self.norm2(x)))
 
 
 def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
