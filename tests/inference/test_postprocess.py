@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from eomt.inference import postprocess
-from eomt.inference.postprocess import _panoptic_one
+from eomt.inference.postprocess import _count_true, _panoptic_one
 from eomt.inference.preprocess import ImageMeta, Windows, scaled_size_longest, scaled_size_shortest
 
 transformers = pytest.importorskip("transformers")
@@ -208,3 +208,10 @@ def test_semantic_matches_transformers_with_its_own_windows(sizes: list[tuple[in
         agree = (o.labels == r["segmentation"]).float().mean()
         assert agree > 0.999  # argmax ties aside, identical
         assert len(o.labels.unique()) > 1
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 4096 + 7])
+def test_count_true_equals_a_plain_column_sum(rows: int) -> None:
+    mask = torch.rand(rows, 93, generator=torch.Generator().manual_seed(rows)) > 0.3
+    mask[:, 5] = True  # a full column: 64 ones per group must not overflow the int16 partial sums
+    assert torch.equal(_count_true(mask), mask.sum(0))
