@@ -28,6 +28,7 @@ TARGETS = {  # EoMT-S at 640, batch 1, 2-core CPU
     "ours_fp32 / hf_fp32 (network)": 1.0,
     "ours_bf16 / hf_fp32 (network)": 0.4,
     "ours / hf (panoptic post-processing)": 0.3,
+    "ours / hf (end-to-end bf16)": 0.4,
 }
 
 
@@ -77,8 +78,9 @@ def network_fns(args: argparse.Namespace, model: Any, hf: Any, x: torch.Tensor) 
     return fns, meta
 
 
-def postprocess_fns(args: argparse.Namespace, cfg: Any, model: Any, hf: Any, x: torch.Tensor) -> tuple[dict, dict, dict]:
-    """Post-processing and end-to-end rows, plus a check that ours and transformers agree."""
+def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta: dict) -> tuple[dict, dict, dict]:
+    """Post-processing rows, end-to-end rows (every eager network row + its post-processing), and a
+    check that ours and transformers agree."""
     try:
         from eomt.inference.postprocess import panoptic
         from eomt.inference.preprocess import ImageMeta, scaled_size_longest
@@ -101,31 +103,33 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, model: Any, hf: Any, x: 
     fns: dict[str, Callable[[], Any]] = {"ours postprocess": ours_post}
     meta = {"ours postprocess": {"section": "postprocess", "impl": "ours"}}
 
-    def ours_e2e() -> Any:
-        with torch.inference_mode():
-            return ours_post(model(x).mask_logits)
-
-    fns["ours fp32 end-to-end"] = ours_e2e
-    meta["ours fp32 end-to-end"] = {"section": "end-to-end", "impl": "ours", "precision": "fp32"}
     info: dict[str, Any] = {"queries_passing_threshold": int((cls_logits.softmax(-1)[..., :-1].max(-1).values > 0.8).sum())}
-    if hf is None:
+    hf = any(m["impl"] == "hf" for m in net_meta.values())
+    if hf:
+        from transformers import EomtImageProcessorPil
+
+        processor = EomtImageProcessorPil(size={"shortest_edge": h, "longest_edge": w}, do_pad=True)
+
+        def hf_post(masks: torch.Tensor = mask_logits) -> Any:
+            out = EomtForUniversalSegmentationOutput(masks_queries_logits=masks, class_queries_logits=cls_logits)
+            return processor.post_process_panoptic_segmentation(out, target_sizes=[orig] * b, stuff_classes=stuff)
+
+    for name, m in net_meta.items():
+        if m["mode"] != "eager":
+            continue
+        post = ours_post if m["impl"] == "ours" else hf_post
+
+        def e2e(net: Callable = net_fns[name], post: Callable = post, impl: str = m["impl"]) -> Any:
+            out = net()
+            return post(out.mask_logits if impl == "ours" else out.masks_queries_logits)
+
+        row = f"{m['impl']} {m['precision']} end-to-end"
+        fns[row] = e2e
+        meta[row] = {"section": "end-to-end", "impl": m["impl"], "precision": m["precision"]}
+    if not hf:
         return fns, meta, info
-    from transformers import EomtImageProcessorPil
-
-    processor = EomtImageProcessorPil(size={"shortest_edge": h, "longest_edge": w}, do_pad=True)
-
-    def hf_post(masks: torch.Tensor = mask_logits) -> Any:
-        out = EomtForUniversalSegmentationOutput(masks_queries_logits=masks, class_queries_logits=cls_logits)
-        return processor.post_process_panoptic_segmentation(out, target_sizes=[orig] * b, stuff_classes=stuff)
-
-    def hf_e2e() -> Any:
-        with torch.inference_mode():
-            return hf_post(hf(pixel_values=common.normalize(x)).masks_queries_logits)
-
     fns["hf postprocess"] = hf_post
-    fns["hf fp32 end-to-end"] = hf_e2e
     meta["hf postprocess"] = {"section": "postprocess", "impl": "hf"}
-    meta["hf fp32 end-to-end"] = {"section": "end-to-end", "impl": "hf", "precision": "fp32"}
     # Agreement: our ids start at 1 (0 = void); transformers' at 0 (-1 = void), both in query order.
     ours_seg = ours_post()[0].segmentation
     hf_seg = hf_post()[0]["segmentation"].long() + 1
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     fns, meta = network_fns(args, model, hf, x)
     record["precision_vs_fp32"] = precision_errors(fns, meta, model, x)
     if not args.no_postprocess:
-        pfns, pmeta, record["postprocess"] = postprocess_fns(args, cfg, model, hf, x)
+        pfns, pmeta, record["postprocess"] = postprocess_fns(args, cfg, fns, meta)
         fns.update(pfns)
         meta.update(pmeta)
     compile_s: dict[str, float] = {}
@@ -234,7 +238,10 @@ def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, floa
                 out[f"ours_{parts[1]} / hf_fp32{suffix}"] = value / hf32
     if "hf postprocess" in median:
         out["ours / hf (panoptic post-processing)"] = median["ours postprocess"] / median["hf postprocess"]
-        out["ours / hf (end-to-end fp32)"] = median["ours fp32 end-to-end"] / median["hf fp32 end-to-end"]
+    for name, value in median.items():
+        parts = name.split()
+        if parts[0] == "ours" and parts[-1] == "end-to-end" and f"hf {parts[1]} end-to-end" in median:
+            out[f"ours / hf (end-to-end {parts[1]})"] = value / median[f"hf {parts[1]} end-to-end"]
     return out
 
 

@@ -314,6 +314,7 @@ class TrainConfig:
     grad_clip: float = 0.01
     precision: str = "bf16-mixed"  # or "16-mixed", "32-true"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
     accelerator: str = "auto"
     devices: str = "1"  # Lightning syntax: "1", "4", "0,1", "auto"
     num_nodes: int = 1

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from eomt.config import ModelConfig
 from eomt.models.kernels import cpu_inference, linear_gelu
@@ -149,6 +150,9 @@ class EoMT(nn.Module):
         # Which query blocks mask attention (p_j > 0), kept as Python bools so that the forward has
         # no data-dependent branch on a tensor (torch.compile / torch.export friendly).
         self._mask_active: tuple[bool, ...] = (True,) * config.num_blocks
+        # Recompute each block's activations in the backward pass instead of keeping them
+        # (training memory for compute; the forward is unchanged).
+        self.gradient_checkpointing = False
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_active())
 
     # ------------------------------------------------------------------ annealing state
@@ -202,7 +206,10 @@ class EoMT(nn.Module):
                     classes_per_block.append(class_logits)
                     if self._mask_active[j]:
                         attn_mask = self._attn_mask(mask_logits, grid, self.attn_mask_probs[j], x.shape[1])
-            x = block(x, attn_mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask)
         mask_logits, class_logits = self._predict(self.backbone.norm(x), grid)
         return EoMTOutput(mask_logits, class_logits, masks_per_block, classes_per_block)
 

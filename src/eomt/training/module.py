@@ -40,6 +40,7 @@ class EoMTModule(pl.LightningModule):
         self.cfg = ExperimentConfig.from_dict(config)
         self.network = network if network is not None else EoMT(self.cfg.model)
         t = self.cfg.train
+        self.network.gradient_checkpointing = t.activation_checkpointing
         self.criterion = MaskClassificationLoss(
             num_classes=self.cfg.model.num_classes,
             num_points=t.num_points,
@@ -75,7 +76,10 @@ class EoMTModule(pl.LightningModule):
         )
         for g in groups:
             g.pop("names", None)
-        fused = self.device.type == "cuda"
+        # Fused AdamW (one kernel over all parameters) on CUDA and CPU. Not with fp16 + a
+        # GradScaler + clipping: the fused step unscales internally, which clipping cannot follow.
+        fused = self.device.type in ("cuda", "cpu") and not (t.precision == "16-mixed" and t.grad_clip > 0
+                                                             and self.device.type == "cuda")
         optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
         lambdas = warmup_poly_lambdas(groups, self.total_steps, tuple(t.warmup_steps), t.poly_power)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
