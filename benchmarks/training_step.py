@@ -28,8 +28,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_common_args(p)
     p.set_defaults(iters=3, warmup=1)
     p.add_argument("--probs", default="1,0", help="attn_mask_probs settings, comma-separated (default: 1,0)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-autocast"),
-                   help="fp32, or bf16 autocast (mixed precision, as the paper's training)")
+    p.add_argument("--precision", default="bf16-autocast", choices=("fp32", "bf16-autocast"),
+                   help="ours: bf16 autocast (mixed precision, the training recipe's default) or fp32")
+    p.add_argument("--hf-precisions", default="fp32,bf16-autocast",
+                   help="transformers' precisions, comma-separated (default: fp32,bf16-autocast)")
     p.add_argument("--targets", type=int, default=8, help="ground-truth segments per image (default: 8)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     return p.parse_args(argv)
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     common.setup(args)
     cfg = common.build_config(args.preset, args.img_size)
     prec = common.PRECISIONS[args.precision]
+    hf_precs = common.parse_list(args.hf_precisions, ("fp32", "bf16-autocast"), "hf-precisions")
     model = common.build_model(cfg)
     hf = None if args.no_hf else common.hf_twin(model).train()
     model.train()
@@ -98,17 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join(["benchmarks/training_step.py", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment_info("cpu", args.precision),
         "settings": {"preset": args.preset, "img_size": list(cfg.img_size), "batch": args.batch,
-                     "targets_per_image": args.targets, "precision": args.precision, "optimizer": "AdamW",
+                     "targets_per_image": args.targets, "precision": args.precision,
+                     "hf_precisions": hf_precs, "optimizer": "AdamW",
                      "warmup": args.warmup, "iters": args.iters},
     }
     steps: dict[str, Callable[[float], None]] = {}
     try:
-        steps["ours"] = ours_step(model, x, targets, prec)
+        steps[f"ours {args.precision}"] = ours_step(model, x, targets, prec)
     except RuntimeError as e:
         record["ours_skipped"] = str(e)
         print(f"note: our rows skipped: {e}")
     if hf is not None:
-        steps["hf"] = hf_step(hf, x, targets, prec)
+        for name in hf_precs:
+            steps[f"hf {name}"] = hf_step(hf, x, targets, common.PRECISIONS[name])
     fns = {f"{impl} probs={p:g}": (lambda s=s, p=p: s(p)) for p in probs for impl, s in steps.items()}
     memory = {}
     for name, fn in fns.items():
@@ -120,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"name": n, **s.to_dict(), "peak_mb": memory[n]["peak_mb"]} for n, s in stats.items()]
     record["rows"] = rows
     record["memory_method"] = next(iter(memory.values()))["method"] if memory else None
+    ours = f"ours {args.precision}"
     record["ratios"] = {
-        f"ours / hf (probs={p:g})": stats[f"ours probs={p:g}"].median_ms / stats[f"hf probs={p:g}"].median_ms
-        for p in probs if f"ours probs={p:g}" in stats and f"hf probs={p:g}" in stats
+        f"{ours} / hf {h} (probs={p:g})": stats[f"{ours} probs={p:g}"].median_ms / stats[f"hf {h} probs={p:g}"].median_ms
+        for p in probs for h in hf_precs if f"{ours} probs={p:g}" in stats and f"hf {h} probs={p:g}" in stats
     }
     print(common.format_table(rows, [("name", "row"), ("median_ms", "median ms"), ("min_ms", "min ms"),
                                      ("p90_ms", "p90 ms"), ("peak_mb", "peak MiB (RSS, approx.)")]))

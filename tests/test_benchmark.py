@@ -115,8 +115,12 @@ def test_inference_script_smoke(tmp_path: Path) -> None:
 def test_training_step_script_smoke(tmp_path: Path) -> None:
     rec = _run("training_step", "--preset", "tiny", "--iters", "1", "--warmup", "0", "--targets", "3", "--probs", "1",
                tmp_path=tmp_path)
-    assert {r["name"] for r in rec["rows"]} == {"ours probs=1", "hf probs=1"}
-    assert "ours / hf (probs=1)" in rec["ratios"]
+    assert {r["name"] for r in rec["rows"]} == {
+        "ours bf16-autocast probs=1", "hf fp32 probs=1", "hf bf16-autocast probs=1"
+    }
+    assert set(rec["ratios"]) == {
+        "ours bf16-autocast / hf fp32 (probs=1)", "ours bf16-autocast / hf bf16-autocast (probs=1)"
+    }
     assert all(r["median_ms"] > 0 for r in rec["rows"])
 
 

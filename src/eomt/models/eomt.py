@@ -231,10 +231,9 @@ class EoMT(nn.Module):
         else:
             features = self.upscale(patches)  # (B, 4h, 4w, D)
             mask_logits = (features.flatten(1, 2) @ embed_t).unflatten(1, features.shape[1:3])
-        mask_logits = mask_logits.permute(0, 3, 1, 2)  # (B, K, 4h, 4w)
-        if self.training:
-            # The loss samples points per mask and backpropagates: a plain layout is faster there.
-            mask_logits = mask_logits.contiguous()
+        # (B, K, 4h, 4w) with channels-last strides, in training too: grid_sample over all
+        # queries (the matcher) is about 5x faster on this layout than on a contiguous one.
+        mask_logits = mask_logits.permute(0, 3, 1, 2)
         return mask_logits, class_logits
 
     def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
