@@ -85,13 +85,21 @@ def test_extreme_aspect_ratios(h: int, w: int) -> None:
         assert _size(Predictor(tiny_model(), task="semantic")(image)[0]) == (h, w)
 
 
-def test_bf16_autocast_runs_on_cpu() -> None:
+def test_bf16_runs_on_cpu_with_bf16_weights_and_leaves_the_callers_model() -> None:
     model = tiny_model()
     seen = []
     model.class_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    results = Predictor(model, dtype="bf16", task="instance")([torch.rand(3, 40, 64)])
+    predictor = Predictor(model, dtype="bf16", task="instance")
+    image = torch.rand(3, 40, 64)
+    results = predictor([image])
     assert seen == [torch.bfloat16]
     assert results[0].scores.dtype == torch.float32 and results[0].masks.shape[-2:] == (40, 64)
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was converted
+    ref = Predictor(model, task="instance")([image])[0]
+    # the best instance is the same query/class, with a mask that agrees on most pixels
+    assert results[0].labels[0] == ref.labels[0]
+    assert (results[0].masks[0] == ref.masks[0]).float().mean() > 0.95
 
 
 def test_fp16_on_cpu_and_bad_arguments_are_clear_errors() -> None:

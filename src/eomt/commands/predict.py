@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default=None, help="default: the model's own task")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="autocast dtype; fp16 needs CUDA (default: fp32)")
+                        help="bf16: weights and activations in bf16; fp16: autocast, CUDA only (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="panoptic: class score threshold (default 0.8); "

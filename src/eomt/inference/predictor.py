@@ -11,6 +11,7 @@ official evaluation. Any image size and aspect ratio works.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -62,7 +63,9 @@ class Predictor:
     model: an `EoMT`, any source `EoMT.from_pretrained` accepts (file, folder, hub name), or a
     network exported by `eomt export` (.onnx run with onnxruntime, .pt2, .ts) at a fixed input size.
     task: "panoptic" | "instance" | "semantic"; defaults to the model's own task.
-    dtype: "fp32", or "bf16" / "fp16" autocast (fp16 on CUDA only); post-processing is fp32.
+    dtype: "fp32"; "bf16": weights and activations in bf16 (the model is converted; a model passed
+    in is copied first, so the caller's stays as it was); "fp16": autocast, CUDA only.
+    Post-processing is fp32.
     threshold: panoptic class-score threshold (default 0.8), or the instance score below which
     instances are dropped (default 0.0: keep the top-k, as the evaluation does).
     """
@@ -87,6 +90,12 @@ class Predictor:
             model = load_exported(model)
         elif not isinstance(model, EoMT) and not hasattr(model, "input_shape"):
             model = EoMT.from_pretrained(model)
+        elif isinstance(model, EoMT) and self.autocast_dtype == torch.bfloat16:
+            model = copy.deepcopy(model)  # converted below; the caller's model keeps its dtype
+        if isinstance(model, EoMT) and self.autocast_dtype == torch.bfloat16:
+            # bf16 weights and activations: no per-call casts, and the fused bf16 CPU kernels apply.
+            model = model.to(torch.bfloat16)
+            self.autocast_dtype = torch.float32
         self.model = model.to(self.device).eval()
         self.config = model.config
         # An exported graph has a fixed input size, which may differ from the training size.

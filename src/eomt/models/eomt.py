@@ -189,6 +189,7 @@ class EoMT(nn.Module):
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
         x = (images - self.pixel_mean) / self.pixel_std
+        x = x.to(self.backbone.patch_embed.proj.weight.dtype)  # a bf16 model takes fp32 images too
         x, grid = self.backbone.embed(x)  # (B, 1+R+N, D)
         first = cfg.depth - cfg.num_blocks
         masks_per_block: list[Tensor] = []
