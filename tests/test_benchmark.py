@@ -140,10 +140,30 @@ def test_cli_bench_reports_latency_flops_and_memory(tmp_path: Path, capsys) -> N
     model.set_attn_mask_probs([0.0, 0.0])
     ckpt = save_model(model, tmp_path / "tiny.safetensors")
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", str(ckpt), "--iters", "2", "--warmup", "0", "--batch", "2",
+    assert main(["bench", "--model", str(ckpt), "--iters", "2", "--warmup", "0", "--batch", "1,2",
+                 "--precision", "fp32,bf16,fp16", "--mode", "eager,cudagraphs", "--end-to-end",
                  "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
-    assert rec["input"] == [2, 3, 64, 64] and rec["network"]["iters"] == 2
+    rows = rec["rows"]
+    assert len(rows) == 2 * 3 * 2  # batch x precision x mode, skipped ones included
+    timed = [r for r in rows if "skipped" not in r]
+    assert {(r["input"][0], r["precision"], r["mode"]) for r in timed} == {
+        (b, p, "eager") for b in (1, 2) for p in ("fp32", "bf16")
+    }
+    assert {r["skipped"] for r in rows if "skipped" in r} == {"fp16 needs CUDA", "CUDA graphs need CUDA"}
     expected = count_flops(meta_model(tiny_config(), 0.0), (1, 3, 64, 64)).gmacs
-    assert rec["gmacs_per_image"] == pytest.approx(expected)
-    assert "images/s" in capsys.readouterr().out
+    assert all(r["gmacs_per_image"] == pytest.approx(expected) for r in rows)
+    assert all(r["network"]["iters"] == 2 and r["images_per_s"] > 0 for r in timed)
+    assert [r["input"][0] for r in timed if "end_to_end_480x640" in r] == [1, 1]  # eager, batch 1
+    assert rec["environment"]["device"] == "cpu"
+    text = capsys.readouterr().out
+    assert "img/s" in text and "skipped: fp16 needs CUDA" in text
+
+
+def test_cli_bench_rejects_unknown_names(capsys) -> None:
+    from eomt.cli import main
+
+    assert main(["bench", "--preset", "eomt_small_640", "--precision", "fp8"]) != 0
+    assert "--precision: unknown ['fp8']" in capsys.readouterr().err
+    assert main(["bench", "--preset", "eomt_tiny_3"]) != 0
+    assert "eomt_tiny_3" in capsys.readouterr().err

@@ -1,120 +1,215 @@
-"""`eomt bench`: latency, throughput, FLOPs and peak memory of a model on this machine."""
+"""`eomt bench`: latency, throughput, FLOPs and peak memory of one model or a sweep of them.
+
+Every combination of --preset (or --model) x --batch x --precision x --mode is one row: the network
+alone, and with --end-to-end also Predictor on a 480x640 image (preprocess + network +
+post-processing) for eager rows at batch 1. Combinations a device cannot run (fp16 and CUDA graphs
+on the CPU) are listed as skipped, with the reason. Prints a table; --json writes every row.
+
+    eomt bench --preset coco_panoptic_eomt_small_640 --precision fp32,bf16 --batch 1,8
+    eomt bench --preset all --device cuda --precision bf16 --mode eager,compile,cudagraphs --batch 1,32
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("fp32", "bf16", "fp16")
+# name -> (weights dtype, autocast dtype or None)
+PRECISIONS = {
+    "fp32": ("float32", None),
+    "bf16": ("bfloat16", None),  # weights and activations in bf16 (what Predictor uses)
+    "bf16-autocast": ("float32", "bfloat16"),
+    "fp16": ("float16", None),
+    "fp16-autocast": ("float32", "float16"),
+}
+MODES = ("eager", "compile", "max-autotune", "cudagraphs")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="SOURCE", help="checkpoint file, transformers folder or hub id")
-    src.add_argument("--preset", metavar="NAME",
-                     help="a preset with random weights and masked attention off (e.g. eomt_small_640)")
+    src.add_argument("--preset", metavar="NAMES",
+                     help="preset(s) with random weights and masked attention off, comma-separated, "
+                          "or 'all' for every paper configuration (see `eomt configs`)")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="network input size (default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default: 1)")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES,
-                   help="fp32, or bf16 / fp16 (autocast; with --cast the weights are converted)")
-    p.add_argument("--cast", action="store_true", help="convert the weights to --dtype instead of autocast")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (fullgraph)")
+                   help="network input size (default: each model's)")
+    p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default: 1)")
+    p.add_argument("--precision", "--dtype", dest="precision", default="fp32",
+                   help=f"comma-separated from {', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument("--mode", default="eager",
+                   help="comma-separated from eager, compile (torch.compile fullgraph), max-autotune "
+                        "(torch.compile mode max-autotune), cudagraphs (CUDA graph replay) (default: eager)")
+    p.add_argument("--compile", action="store_true", help="same as --mode compile")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed calls (default: 10)")
     p.add_argument("--end-to-end", action="store_true",
-                   help="also time Predictor on a random 480x640 image (preprocess + network + post-processing)")
+                   help="also time Predictor on a random 480x640 image (eager rows at batch 1)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from eomt import EoMT
+def _split(text: str, what: str, choices: tuple[str, ...] | None = None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if choices is not None and t not in choices]
+    if not items or bad:
+        raise ValueError(f"--{what}: unknown {bad or text!r} (expected some of: {', '.join(choices or ())})")
+    return items
 
-    if args.preset:
-        model = EoMT.from_config(args.preset)
+
+def _models(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, loader) pairs; loaders build one model at a time (a sweep never holds two)."""
+    from eomt import EoMT
+    from eomt.config import PRESET_NAMES
+
+    if args.model:
+        from eomt.checkpoints import load_model
+
+        return [(str(args.model), lambda: load_model(args.model))]
+    names = PRESET_NAMES if args.preset.strip() == "all" else _split(args.preset, "preset")
+
+    def build(name: str) -> Any:
+        model = EoMT.from_config(name)
         model.set_attn_mask_probs([0.0] * model.config.num_blocks)
         return model
-    from eomt.checkpoints import load_model
 
-    return load_model(args.model)
+    return [(name, lambda name=name: build(name)) for name in names]
+
+
+def _skip_reason(precision: str, mode: str, device: Any) -> str | None:
+    if "fp16" in precision and device.type != "cuda":
+        return "fp16 needs CUDA"
+    if mode == "cudagraphs" and device.type != "cuda":
+        return "CUDA graphs need CUDA"
+    return None
+
+
+def _forward_fn(model: Any, x: Any, precision: str, mode: str) -> Callable[[], Any]:
+    """A no-argument callable running one inference forward in the given precision and mode."""
+    import contextlib
+
+    import torch
+
+    weights, autocast = (getattr(torch, d) if d else None for d in PRECISIONS[precision])
+    net = model if weights == torch.float32 else copy.deepcopy(model).to(weights)
+    x = x.to(weights)
+    ctx = (lambda: torch.autocast(x.device.type, dtype=autocast)) if autocast else contextlib.nullcontext
+    if mode in ("compile", "max-autotune"):
+        net = torch.compile(net, fullgraph=True, mode="max-autotune" if mode == "max-autotune" else None)
+
+    def forward() -> Any:
+        with torch.inference_mode(), ctx():
+            return net(x)
+
+    if mode != "cudagraphs":
+        return forward
+    # Static input and output buffers; the graph replays every kernel launch of one forward.
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), ctx(), torch.cuda.graph(graph):
+        out = net(x)
+
+    def replay() -> Any:
+        graph.replay()
+        return out
+
+    return replay
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from eomt.benchmark import PeakMemory, count_flops, environment_info, meta_model, time_fn
-    from eomt.inference.predictor import resolve_device, resolve_dtype
+    from eomt.inference.predictor import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch < 1 or args.iters < 1:
+    batches = [int(b) for b in _split(args.batch, "batch")]
+    if min(batches) < 1 or args.iters < 1:
         raise ValueError(f"--batch and --iters must be >= 1, got {args.batch} and {args.iters}")
+    precisions = _split(args.precision, "precision", tuple(PRECISIONS))
+    modes = _split("compile" if args.compile else args.mode, "mode", MODES)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    model = _load(args).eval().to(device)
-    cfg = model.config
-    size = tuple(args.img_size) if args.img_size else tuple(cfg.img_size)
-    if model.masked_attention_active:
-        log.warning("masked attention is active (attn_mask_probs=%s): timing the training-time network",
-                    [round(p, 3) for p in model.attn_mask_probs.tolist()])
-    net = copy.deepcopy(model).to(dtype) if args.cast else model
-    cast = dtype if args.cast else torch.float32
-    if args.compile:
-        net = torch.compile(net, fullgraph=True)
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 and not args.cast
-        else contextlib.nullcontext()
-    )
-    x = torch.rand(args.batch, 3, *size, device=device).to(cast)
-
-    def forward() -> Any:
-        with torch.inference_mode(), autocast:
-            return net(x)
-
-    with PeakMemory(device) as memory:
-        forward()  # first call: compilation with --compile, allocator warm-up otherwise
-    stats = time_fn(forward, warmup=args.warmup, iters=args.iters, device=device)
-    probs = float(model.attn_mask_probs.max())
-    flops = count_flops(meta_model(cfg.replace(img_size=size), probs), (args.batch, 3, *size))
-    mode = f"{args.dtype}{' weights' if args.cast else ' autocast' if args.dtype != 'fp32' else ''}"
-    record: dict[str, Any] = {
-        "environment": environment_info(device, mode),
-        "model": cfg.name or "custom", "input": [args.batch, 3, *size], "compile": args.compile,
-        "network": stats.to_dict(),
-        "images_per_s": args.batch / (stats.median_ms / 1e3),
-        "gflops_per_image": flops.gflops / args.batch, "gmacs_per_image": flops.gmacs / args.batch,
-        "first_call_peak_memory": memory.to_dict(),
-    }
-    lines = [
-        f"model      {record['model']}  input {tuple(record['input'])}  {mode}"
-        f"{'  compiled' if args.compile else ''}  on {record['environment']['device_name']}"
-        f"  ({record['environment']['threads']} threads)",
-        f"network    median {stats.median_ms:.1f} ms  p90 {stats.p90_ms:.1f} ms  min {stats.min_ms:.1f} ms"
-        f"  -> {record['images_per_s']:.2f} images/s",
-        f"compute    {record['gmacs_per_image']:.4g} GMACs = {record['gflops_per_image']:.4g} GFLOPs per image"
-        " (the paper's 'GFLOPs' are GMACs)",
-        f"memory     {memory.peak_mb:.0f} MiB peak during the first forward ({memory.method})",
-    ]
-    if args.end_to_end:
-        from eomt.inference.predictor import Predictor
-
-        predictor = Predictor(model, device=device, dtype=args.dtype)
-        image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8)
-        e2e = time_fn(lambda: predictor.predict_tensors([image]), warmup=1, iters=args.iters, device=device)
-        record["end_to_end_480x640"] = e2e.to_dict()
-        lines.append(f"end-to-end median {e2e.median_ms:.1f} ms per 480x640 image ({predictor.task})")
-    print("\n".join(lines))
+    rows: list[dict[str, Any]] = []
+    for name, load in _models(args):
+        model = load().eval().to(device)
+        cfg = model.config
+        size = tuple(args.img_size) if args.img_size else tuple(cfg.img_size)
+        if model.masked_attention_active:
+            log.warning("%s: masked attention is active (attn_mask_probs=%s): timing the training-time network",
+                        name, [round(p, 3) for p in model.attn_mask_probs.tolist()])
+        probs = float(model.attn_mask_probs.max())
+        gmacs = count_flops(meta_model(cfg.replace(img_size=size), probs), (1, 3, *size)).gmacs
+        for batch in batches:
+            x = torch.rand(batch, 3, *size, device=device)
+            for precision in precisions:
+                for mode in modes:
+                    row: dict[str, Any] = {"model": cfg.name or name, "input": [batch, 3, *size],
+                                           "precision": precision, "mode": mode, "gmacs_per_image": gmacs}
+                    rows.append(row)
+                    reason = _skip_reason(precision, mode, device)
+                    if reason:
+                        row["skipped"] = reason
+                        continue
+                    forward = _forward_fn(model, x, precision, mode)
+                    with PeakMemory(device) as memory:
+                        forward()  # first call: compilation, allocator warm-up
+                    stats = time_fn(forward, warmup=args.warmup, iters=args.iters, device=device)
+                    row.update(network=stats.to_dict(), images_per_s=batch / (stats.median_ms / 1e3),
+                               first_call_peak_memory=memory.to_dict())
+                    if args.end_to_end and mode == "eager" and batch == 1 and precision in ("fp32", "bf16"):
+                        row["end_to_end_480x640"] = _end_to_end(model, device, precision, args).to_dict()
+        del model
+    record = {"environment": environment_info(device, ",".join(precisions)), "rows": rows}
+    print(_table(rows, record["environment"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def _end_to_end(model: Any, device: Any, precision: str, args: argparse.Namespace) -> Any:
+    import torch
+
+    from eomt.benchmark import time_fn
+    from eomt.inference.predictor import Predictor
+
+    predictor = Predictor(model, device=device, dtype=precision)
+    image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8)
+    return time_fn(lambda: predictor.predict_tensors([image]), warmup=1, iters=args.iters, device=device)
+
+
+def _table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    head = ["model", "input", "precision", "mode", "median ms", "p90 ms", "img/s", "GMACs/img",
+            "peak MiB", "end-to-end ms"]
+    lines = [head]
+    for r in rows:
+        size = "x".join(str(v) for v in r["input"][:1] + r["input"][2:])
+        if "skipped" in r:
+            lines.append([r["model"], size, r["precision"], r["mode"], f"skipped: {r['skipped']}", "", "", "", "", ""])
+            continue
+        net, mem = r["network"], r["first_call_peak_memory"]
+        e2e = r.get("end_to_end_480x640", {}).get("median_ms")
+        lines.append([r["model"], size, r["precision"], r["mode"], f"{net['median_ms']:.1f}", f"{net['p90_ms']:.1f}",
+                      f"{r['images_per_s']:.2f}", f"{r['gmacs_per_image']:.4g}", f"{mem['peak_mb']:.0f}",
+                      "" if e2e is None else f"{e2e:.1f}"])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    note = (f"{env['device_name']}, torch {env['torch']}, {env['threads']} threads; input = batch x H x W; "
+            "GMACs = the paper's 'GFLOPs'; peak memory during the first call")
+    return "\n".join([note, *text])
