@@ -215,3 +215,16 @@ def test_count_true_equals_a_plain_column_sum(rows: int) -> None:
     mask = torch.rand(rows, 93, generator=torch.Generator().manual_seed(rows)) > 0.3
     mask[:, 5] = True  # a full column: 64 ones per group must not overflow the int16 partial sums
     assert torch.equal(_count_true(mask), mask.sum(0))
+
+
+@pytest.mark.parametrize("original", [(48, 64), (30, 64), (100, 37)])
+def test_restore_logits_into_reused_buffers_equals_fresh_tensors(original: tuple[int, int]) -> None:
+    # (48, 64): crop only; (30, 64) and (100, 37): crop and a second resize to the original size.
+    logits = torch.randn(7, 16, 16)
+    meta = ImageMeta(original, scaled_size_longest(*original, (64, 64)), (64, 64))
+    fresh = postprocess.restore_logits(logits, meta)
+    reused = postprocess.restore_logits(logits, meta, reuse_buffers=True)
+    assert reused.shape == fresh.shape == (7, *original)
+    assert torch.equal(reused, fresh)
+    again = postprocess.restore_logits(logits * 2, meta, reuse_buffers=True)
+    assert torch.equal(again, fresh * 2)  # the buffer is rewritten on the next call

@@ -19,9 +19,9 @@ Differences from the transformers port, on purpose:
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+import threading
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,47 @@ from eomt.inference.preprocess import ImageMeta, Windows
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 
-def restore_logits(mask_logits: Tensor, meta: ImageMeta) -> Tensor:
+_WORKSPACE_LIMIT = 512 << 20  # bytes a thread keeps for reuse
+_workspace = threading.local()
+
+
+def _buffer(slot: int, shape: tuple[int, int, int, int], like: Tensor) -> Tensor | None:
+    """A reused channels-last float32 buffer of `shape` on the CPU (None where not worth it).
+
+    The restored logits are the largest tensors of the post-processing (queries x image pixels,
+    114 MB for 93 queries at 480x640). Freshly allocated, such a block comes from the OS on every
+    call and its first write page-faults through all of it, which costs more than the bilinear
+    interpolation itself; a buffer kept per thread is written in place instead.
+    """
+    if like.device.type != "cpu":
+        return None
+    numel = math.prod(shape)
+    if numel * 4 > _WORKSPACE_LIMIT:
+        return None
+    cache = getattr(_workspace, "buffers", None)
+    if cache is None:
+        cache = _workspace.buffers = {}
+    flat = cache.get(slot)
+    if flat is None or flat.numel() < numel:
+        flat = cache[slot] = torch.empty(numel, dtype=torch.float32)
+    b, c, h, w = shape
+    return flat[:numel].view(b, h, w, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
+
+
+def _bilinear(x: Tensor, size: tuple[int, int], scales: tuple[float, float] | None, slot: int,
+              reuse: bool) -> Tensor:
+    """`F.interpolate(x, size, mode="bilinear")` (with `scales` as its scale factors when given),
+    written into a reused buffer when `reuse`."""
+    out = _buffer(slot, (x.shape[0], x.shape[1], *size), x) if reuse else None
+    if out is None:
+        if scales is None:
+            return F.interpolate(x, size=size, mode="bilinear")
+        return F.interpolate(x, scale_factor=scales, mode="bilinear", recompute_scale_factor=False)
+    sh, sw = scales if scales is not None else (None, None)
+    return torch._C._nn.upsample_bilinear2d(x, size, False, sh, sw, out=out)
+
+
+def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = False) -> Tensor:
     """Mask logits of one padded input (Q, h4, w4) -> logits at the original image size (Q, H, W).
 
     Upsample to the network input size, crop the unpadded (scaled) region, resize to the original.
@@ -39,6 +79,9 @@ def restore_logits(mask_logits: Tensor, meta: ImageMeta) -> Tensor:
     pixels they read (one beyond, so no border clamping changes), with the same scale factor, so
     the values are those of the full upsampling. The result has channels-last strides (queries
     innermost), which makes the per-pixel reductions over queries contiguous.
+
+    `reuse_buffers=True` writes the result into a buffer this thread reuses on the next call
+    (the caller must be done with it by then); the post-processing functions below do so.
     """
     q, h4, w4 = mask_logits.shape
     (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
@@ -47,13 +90,14 @@ def restore_logits(mask_logits: Tensor, meta: ImageMeta) -> Tensor:
     cols = min(w4, math.ceil(sw / fx) + 1)
     x = mask_logits[None, :, :rows, :cols].float().contiguous(memory_format=torch.channels_last)
     if (rows, cols) == (h4, w4):
-        x = F.interpolate(x, size=(ih, iw), mode="bilinear")
+        x = _bilinear(x, (ih, iw), None, 0, reuse_buffers)
     else:
-        x = F.interpolate(x, scale_factor=(fy, fx), mode="bilinear", recompute_scale_factor=False)
+        size = (math.floor(rows * fy), math.floor(cols * fx))
+        x = _bilinear(x, size, (fy, fx), 0, reuse_buffers)
     x = x[..., :sh, :sw]  # (1, Q, sh, sw) drop the padding
     if meta.scaled_size == meta.original_size:  # resizing to the same size is the identity
         return x[0]
-    return F.interpolate(x, size=meta.original_size, mode="bilinear")[0]
+    return _bilinear(x, tuple(meta.original_size), None, 1, reuse_buffers)[0]
 
 
 def panoptic(
@@ -90,7 +134,7 @@ def panoptic(
             continue
         results.append(
             _panoptic_one(
-                restore_logits(mask_logits[i, idx], meta),
+                restore_logits(mask_logits[i, idx], meta, reuse_buffers=True),
                 scores[i, idx],
                 classes[i, idx],
                 is_stuff_class,
@@ -213,7 +257,7 @@ def instance(
         labels = top_idx[i] % num_classes
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
-        logits = restore_logits(mask_logits[i, uniq], meta)  # (U, H, W)
+        logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
         binary = logits > 0
         mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
         scores = top_scores[i] * mask_scores[inverse]
