@@ -120,3 +120,32 @@ def test_task_and_thresholds_default_from_the_model() -> None:
     p = Predictor(tiny_model("instance"), task="panoptic")
     assert p.task == "panoptic" and p.threshold == 0.8
     assert not p.model.training
+
+
+def test_compiled_predictor_matches_eager() -> None:
+    torch._dynamo.reset()
+    model = tiny_model("instance")
+    images = [torch.rand(3, 40, 64), torch.rand(3, 64, 30)]  # two sizes, one padded input shape
+    want = Predictor(model)(images)
+    predictor = Predictor(model, compile=True)
+    got = predictor(images)
+    assert predictor._network is not predictor.model  # the compiled module ran
+    for g, w in zip(got, want):
+        assert torch.equal(g.labels, w.labels)
+        torch.testing.assert_close(g.scores, w.scores, rtol=1e-4, atol=1e-5)
+        assert (g.masks == w.masks).float().mean() > 0.999
+
+
+def test_compile_refuses_an_exported_graph() -> None:
+    class Exported:  # what load_exported returns: a fixed-size graph with a config
+        input_shape = (1, 3, 64, 64)
+        config = tiny_config()
+
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+    with pytest.raises(ValueError, match="compile: only an EoMT network can be compiled"):
+        Predictor(Exported(), compile=True)

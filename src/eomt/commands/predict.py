@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="bf16: weights and activations in bf16; fp16: autocast, CUDA only (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile the network (optionally a mode: max-autotune, reduce-overhead)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="panoptic: class score threshold (default 0.8); "
                              "instance: drop instances scoring below it (default 0.0)")
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     predictor = Predictor(
         args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        compile=args.compile or False,
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
     )

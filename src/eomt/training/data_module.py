@@ -153,6 +153,8 @@ class EoMTDataModule(pl.LightningDataModule):
             collate_fn=train_collate,
             drop_last=True,
             persistent_workers=False,
+            # Page-locked batches copy to the GPU asynchronously (the step moves them non_blocking).
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             # Worker seeds come from this generator, not the global RNG, so resuming does not
             # shift the random stream of the training step.
             generator=torch.Generator().manual_seed(self.seed),

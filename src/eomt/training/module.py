@@ -98,7 +98,7 @@ class EoMTModule(pl.LightningModule):
         masks = [*out.mask_logits_per_block, out.mask_logits]
         classes = [*out.class_logits_per_block, out.class_logits]
         targets = [
-            Target(t.masks.to(self.device), t.labels.to(self.device), t.is_crowd.to(self.device))
+            Target(*(v.to(self.device, non_blocking=True) for v in (t.masks, t.labels, t.is_crowd)))
             for t in targets
         ]
         total, losses = self.criterion.forward_blocks(masks, classes, targets)
