@@ -13,6 +13,7 @@ round-robin; peak memory is measured per row in a separate step (CPU: process RS
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Any, Callable
 
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="transformers' precisions, comma-separated (default: fp32,bf16-autocast)")
     p.add_argument("--targets", type=int, default=8, help="ground-truth segments per image (default: 8)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="also time ours with activation checkpointing (train.activation_checkpointing)")
     return p.parse_args(argv)
 
 
@@ -108,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, Callable[[float], None]] = {}
     try:
         steps[f"ours {args.precision}"] = ours_step(model, x, targets, prec)
+        if args.checkpointing:
+            ckpt_model = copy.deepcopy(model)
+            ckpt_model.gradient_checkpointing = True
+            steps[f"ours {args.precision} checkpointing"] = ours_step(ckpt_model, x, targets, prec)
     except RuntimeError as e:
         record["ours_skipped"] = str(e)
         print(f"note: our rows skipped: {e}")
@@ -122,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             fn()
         memory[name] = pm.to_dict()
     stats = time_round_robin(fns, warmup=max(0, args.warmup - 1), iters=args.iters)
-    rows = [{"name": n, **s.to_dict(), "peak_mb": memory[n]["peak_mb"]} for n, s in stats.items()]
+    rows = [{"name": n, **s.to_dict(), "images_per_s": round(args.batch / (s.median_ms / 1e3), 3),
+             "peak_mb": memory[n]["peak_mb"]} for n, s in stats.items()]
     record["rows"] = rows
     record["memory_method"] = next(iter(memory.values()))["method"] if memory else None
     ours = f"ours {args.precision}"
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in probs for h in hf_precs if f"{ours} probs={p:g}" in stats and f"hf {h} probs={p:g}" in stats
     }
     print(common.format_table(rows, [("name", "row"), ("median_ms", "median ms"), ("min_ms", "min ms"),
-                                     ("p90_ms", "p90 ms"), ("peak_mb", "peak MiB (RSS, approx.)")]))
+                                     ("p90_ms", "p90 ms"), ("images_per_s", "img/s"), ("peak_mb", "peak MiB (RSS, approx.)")]))
     for key, value in record["ratios"].items():
         print(f"{key}: {value:.3f}")
     path = common.write_json(args.json or common.default_json("training_step", args.preset), record)
