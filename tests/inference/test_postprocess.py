@@ -228,3 +228,15 @@ def test_restore_logits_into_reused_buffers_equals_fresh_tensors(original: tuple
     assert torch.equal(reused, fresh)
     again = postprocess.restore_logits(logits * 2, meta, reuse_buffers=True)
     assert torch.equal(again, fresh * 2)  # the buffer is rewritten on the next call
+
+
+@pytest.mark.parametrize("block", [64, 100, 4096])
+def test_masks_and_scores_in_blocks_equal_the_direct_formula(block: int) -> None:
+    logits = torch.randn(37, 19, 5).permute(2, 0, 1)  # (5, 37, 19), queries innermost in memory
+    logits[2] = -1.0  # an empty mask scores 0
+    masks, scores = postprocess._masks_and_scores(logits, block=block)
+    want = logits > 0
+    assert masks.is_contiguous() and torch.equal(masks, want)
+    ref = (logits.sigmoid() * want).flatten(1).sum(1) / (want.flatten(1).sum(1) + 1e-6)
+    torch.testing.assert_close(scores, ref, rtol=1e-6, atol=1e-7)
+    assert scores[2] == 0

@@ -160,6 +160,36 @@ def _count_true(mask: Tensor) -> Tensor:
     return counts
 
 
+def _masks_and_scores(logits: Tensor, block: int = 4096) -> tuple[Tensor, Tensor]:
+    """Binary masks `logits > 0` as a contiguous (U, H, W) bool tensor, and per query the mean
+    sigmoid inside its mask (0 for an empty mask), from (U, H, W) logits.
+
+    On the CPU the pixels go through in cache-sized blocks (queries innermost, as the restored
+    logits are stored): each block is thresholded once, transposed into the mask rows, and its
+    sums taken in groups of 64 rows (vectorised along the queries), in float64 across blocks.
+    Elsewhere one block covers the image.
+    """
+    u, h, w = logits.shape
+    flat = logits.permute(1, 2, 0).reshape(-1, u)  # (P, U), a view for channels-last logits
+    if logits.device.type != "cpu":
+        block = flat.shape[0]
+    masks = torch.empty(u, h * w, dtype=torch.bool, device=logits.device)
+    total = torch.zeros(u, dtype=torch.float64, device=logits.device)
+    count = torch.zeros(u, dtype=torch.int64, device=logits.device)
+    for start in range(0, flat.shape[0], block):
+        x = flat[start : start + block]
+        pos = x > 0
+        masks[:, start : start + block] = pos.t()
+        prob = x.sigmoid().masked_fill_(~pos, 0.0)  # (b, U) sigmoid inside the mask, 0 outside
+        n = prob.shape[0] - prob.shape[0] % 64
+        part = prob[n:].sum(0)
+        if n:
+            part += prob[:n].view(n // 64, 64, u).sum(1).sum(0)
+        total += part
+        count += _count_true(pos)
+    return masks.view(u, h, w), (total / (count + 1e-6)).float()
+
+
 def _assign_pixels(
     masks: Tensor, scores: Tensor, mask_threshold: float, from_logits: bool, block: int = 4096
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -258,8 +288,7 @@ def instance(
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
         logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
-        binary = logits > 0
-        mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)
         scores = top_scores[i] * mask_scores[inverse]
         keep = scores >= threshold
         order = scores[keep].argsort(descending=True)
