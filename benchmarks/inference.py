@@ -2,7 +2,8 @@
 
 Rows: the network alone per implementation x precision x mode (eager / torch.compile), panoptic
 post-processing alone (ours vs `EomtImageProcessorPil.post_process_panoptic_segmentation` on
-crafted outputs where a fraction of the queries passes the 0.8 threshold), and end to end
+crafted outputs where a fraction of the queries passes the 0.8 threshold; instance
+post-processing, ours top-100 over queries x classes vs transformers' per-query rule), and end to end
 (network + post-processing of the network's mask logits with the crafted class logits, so the
 post-processing has real work to do despite random weights). Both models run with
 attn_mask_probs = 0 (an annealed model). All rows are timed round-robin so that load drift on a
@@ -82,7 +83,7 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
     """Post-processing rows, end-to-end rows (every eager network row + its post-processing), and a
     check that ours and transformers agree."""
     try:
-        from eomt.inference.postprocess import panoptic
+        from eomt.inference.postprocess import instance, panoptic
         from eomt.inference.preprocess import ImageMeta, scaled_size_longest
     except ImportError as e:
         return {}, {}, {"skipped": f"eomt.inference.postprocess not available ({e})"}
@@ -100,8 +101,12 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
     def ours_post(masks: torch.Tensor = mask_logits) -> Any:
         return panoptic(masks, cls_logits, metas, stuff)
 
-    fns: dict[str, Callable[[], Any]] = {"ours postprocess": ours_post}
-    meta = {"ours postprocess": {"section": "postprocess", "impl": "ours"}}
+    def ours_instance() -> Any:
+        return instance(mask_logits, cls_logits, metas)
+
+    fns: dict[str, Callable[[], Any]] = {"ours postprocess": ours_post, "ours instance postprocess": ours_instance}
+    meta = {"ours postprocess": {"section": "postprocess", "impl": "ours"},
+            "ours instance postprocess": {"section": "postprocess", "impl": "ours"}}
 
     info: dict[str, Any] = {"queries_passing_threshold": int((cls_logits.softmax(-1)[..., :-1].max(-1).values > 0.8).sum())}
     hf = any(m["impl"] == "hf" for m in net_meta.values())
@@ -128,8 +133,14 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
         meta[row] = {"section": "end-to-end", "impl": m["impl"], "precision": m["precision"]}
     if not hf:
         return fns, meta, info
+    def hf_instance() -> Any:
+        out = EomtForUniversalSegmentationOutput(masks_queries_logits=mask_logits, class_queries_logits=cls_logits)
+        return processor.post_process_instance_segmentation(out, target_sizes=[orig] * b)
+
     fns["hf postprocess"] = hf_post
+    fns["hf instance postprocess"] = hf_instance
     meta["hf postprocess"] = {"section": "postprocess", "impl": "hf"}
+    meta["hf instance postprocess"] = {"section": "postprocess", "impl": "hf"}
     # Agreement: our ids start at 1 (0 = void); transformers' at 0 (-1 = void), both in query order.
     ours_seg = ours_post()[0].segmentation
     hf_seg = hf_post()[0]["segmentation"].long() + 1
@@ -238,6 +249,8 @@ def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, floa
                 out[f"ours_{parts[1]} / hf_fp32{suffix}"] = value / hf32
     if "hf postprocess" in median:
         out["ours / hf (panoptic post-processing)"] = median["ours postprocess"] / median["hf postprocess"]
+        out["ours / hf (instance post-processing)"] = (median["ours instance postprocess"]
+                                                       / median["hf instance postprocess"])
     for name, value in median.items():
         parts = name.split()
         if parts[0] == "ours" and parts[-1] == "end-to-end" and f"hf {parts[1]} end-to-end" in median:
