@@ -228,6 +228,9 @@ def test_restore_logits_into_reused_buffers_equals_fresh_tensors(original: tuple
     assert torch.equal(reused, fresh)
     again = postprocess.restore_logits(logits * 2, meta, reuse_buffers=True)
     assert torch.equal(again, fresh * 2)  # the buffer is rewritten on the next call
+    postprocess.release_buffers()
+    assert torch.equal(again, fresh * 2)  # a released buffer lives on in the tensors that use it
+    assert torch.equal(postprocess.restore_logits(logits, meta, reuse_buffers=True), fresh)
 
 
 @pytest.mark.parametrize("block", [64, 100, 4096])

@@ -58,6 +58,11 @@ def _buffer(slot: int, shape: tuple[int, int, int, int], like: Tensor) -> Tensor
     return flat[:numel].view(b, h, w, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
 
 
+def release_buffers() -> None:
+    """Free this thread's reused post-processing buffers (they are re-created on demand)."""
+    _workspace.buffers = {}
+
+
 def _bilinear(x: Tensor, size: tuple[int, int], scales: tuple[float, float] | None, slot: int,
               reuse: bool) -> Tensor:
     """`F.interpolate(x, size, mode="bilinear")` (with `scales` as its scale factors when given),
