@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -174,11 +173,9 @@ def run(args: argparse.Namespace) -> int:
     record = {"environment": environment_info(device, ",".join(precisions)), "rows": rows}
     print(_table(rows, record["environment"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(args.json)
-        print(f"wrote {args.json}")
+        from eomt.inference.io import write_json
+
+        print(f"wrote {write_json(args.json, record)}")
     return 0
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -151,46 +151,57 @@ def panoptic(
     return results
 
 
-def _count_true(mask: Tensor) -> Tensor:
-    """Column sums of a boolean (P, K) mask as int64 (K,).
+def _column_sum(x: Tensor) -> Tensor:
+    """Column sums of a (P, K) tensor: (K,), int64 for a boolean tensor (a count).
 
-    Groups of 64 rows are summed as uint8 into int16 first: a reduction over the middle axis of
-    (P/64, 64, K) runs vectorised along K, where summing (P, K) over its first axis does not.
+    Groups of 64 rows are summed first (booleans as uint8 into int16): a reduction over the middle
+    axis of (P/64, 64, K) runs vectorised along K, where summing (P, K) over its first axis does not.
     """
-    n = mask.shape[0] - mask.shape[0] % 64
-    counts = mask[n:].sum(0)
+    n = x.shape[0] - x.shape[0] % 64
+    total = x[n:].sum(0)
     if n:
-        grouped = mask[:n].view(torch.uint8).view(n // 64, 64, mask.shape[1])
-        counts += grouped.sum(1, dtype=torch.int16).sum(0)
-    return counts
+        if x.dtype == torch.bool:
+            grouped = x[:n].view(torch.uint8).view(n // 64, 64, x.shape[1]).sum(1, dtype=torch.int16)
+        else:
+            grouped = x[:n].view(n // 64, 64, x.shape[1]).sum(1)
+        total += grouped.sum(0)
+    return total
+
+
+def _count_true(mask: Tensor) -> Tensor:
+    """Trues per column of a boolean (P, K) mask, int64 (K,)."""
+    return _column_sum(mask)
+
+
+def _pixel_blocks(x: Tensor, block: int) -> Iterator[tuple[int, Tensor]]:
+    """(start, (b, K) block) over the pixels of a (K, H, W) tensor, in pixel order.
+
+    Blocks are views when the tensor is channels-last (queries innermost), as the restored logits
+    are; on the CPU they are cache-sized, on other devices one block covers the image.
+    """
+    flat = x.permute(1, 2, 0).reshape(-1, x.shape[0])  # (P, K)
+    if x.device.type != "cpu":
+        block = flat.shape[0]
+    for start in range(0, flat.shape[0], block):
+        yield start, flat[start : start + block]
 
 
 def _masks_and_scores(logits: Tensor, block: int = 4096) -> tuple[Tensor, Tensor]:
     """Binary masks `logits > 0` as a contiguous (U, H, W) bool tensor, and per query the mean
     sigmoid inside its mask (0 for an empty mask), from (U, H, W) logits.
 
-    On the CPU the pixels go through in cache-sized blocks (queries innermost, as the restored
-    logits are stored): each block is thresholded once, transposed into the mask rows, and its
-    sums taken in groups of 64 rows (vectorised along the queries), in float64 across blocks.
-    Elsewhere one block covers the image.
+    The pixels go through in blocks (see `_pixel_blocks`): each block is thresholded once,
+    transposed into the mask rows and summed, in float64 across blocks.
     """
     u, h, w = logits.shape
-    flat = logits.permute(1, 2, 0).reshape(-1, u)  # (P, U), a view for channels-last logits
-    if logits.device.type != "cpu":
-        block = flat.shape[0]
     masks = torch.empty(u, h * w, dtype=torch.bool, device=logits.device)
     total = torch.zeros(u, dtype=torch.float64, device=logits.device)
     count = torch.zeros(u, dtype=torch.int64, device=logits.device)
-    for start in range(0, flat.shape[0], block):
-        x = flat[start : start + block]
+    for start, x in _pixel_blocks(logits, block):
         pos = x > 0
-        masks[:, start : start + block] = pos.t()
+        masks[:, start : start + x.shape[0]] = pos.t()
         prob = x.sigmoid().masked_fill_(~pos, 0.0)  # (b, U) sigmoid inside the mask, 0 outside
-        n = prob.shape[0] - prob.shape[0] % 64
-        part = prob[n:].sum(0)
-        if n:
-            part += prob[:n].view(n // 64, 64, u).sum(1).sum(0)
-        total += part
+        total += _column_sum(prob)
         count += _count_true(pos)
     return masks.view(u, h, w), (total / (count + 1e-6)).float()
 
@@ -201,27 +212,22 @@ def _assign_pixels(
     """Per pixel: the winning query, whether the pixel is inside the winner's own mask; per query
     the area of its own mask. masks: (K, H, W) probabilities (or logits with `from_logits`).
 
-    Returns mask_ids (H*W,) int64, inside (H*W,) bool and orig_area (K,) int64. On the CPU the
-    pixels go through in blocks (queries innermost, as channels-last masks are stored), so the
-    probabilities, weighted scores and thresholded masks of a block stay in cache instead of
-    being written out as (K, H, W) tensors; on other devices one block covers the image.
+    Returns mask_ids (H*W,) int64, inside (H*W,) bool and orig_area (K,) int64. The pixels go
+    through in blocks (see `_pixel_blocks`), so the probabilities, weighted scores and thresholded
+    masks of a block stay in cache instead of being written out as (K, H, W) tensors.
     """
-    k = masks.shape[0]
-    flat = masks.permute(1, 2, 0).reshape(-1, k)  # (P, K), a view for channels-last masks
-    if masks.device.type != "cpu":
-        block = flat.shape[0]
-    mask_ids = torch.empty(flat.shape[0], dtype=torch.long, device=masks.device)
-    inside = torch.empty(flat.shape[0], dtype=torch.bool, device=masks.device)
+    k, h, w = masks.shape
+    mask_ids = torch.empty(h * w, dtype=torch.long, device=masks.device)
+    inside = torch.empty(h * w, dtype=torch.bool, device=masks.device)
     orig_area = torch.zeros(k, dtype=torch.int64, device=masks.device)
-    for start in range(0, flat.shape[0], block):
-        prob = flat[start : start + block]
+    for start, prob in _pixel_blocks(masks, block):
         if from_logits:
             prob = prob.sigmoid()
         ids = (prob * scores).max(1).indices  # (b,) the first maximum wins ties, as argmax
         orig = prob >= mask_threshold  # (b, K)
         orig_area += _count_true(orig)
-        mask_ids[start : start + block] = ids
-        inside[start : start + block] = orig.gather(1, ids[:, None])[:, 0]
+        mask_ids[start : start + ids.shape[0]] = ids
+        inside[start : start + ids.shape[0]] = orig.gather(1, ids[:, None])[:, 0]
     return mask_ids, inside, orig_area
 
 

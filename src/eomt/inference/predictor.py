@@ -89,17 +89,17 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
+        callers = isinstance(model, EoMT)
         if isinstance(model, (str, Path)) and Path(model).suffix in EXPORTED_SUFFIXES:
             from eomt.export import load_exported
 
             model = load_exported(model)
-        elif not isinstance(model, EoMT) and not hasattr(model, "input_shape"):
+        elif not callers and not hasattr(model, "input_shape"):
             model = EoMT.from_pretrained(model)
-        elif isinstance(model, EoMT) and self.autocast_dtype == torch.bfloat16:
-            model = copy.deepcopy(model)  # converted below; the caller's model keeps its dtype
         if isinstance(model, EoMT) and self.autocast_dtype == torch.bfloat16:
-            # bf16 weights and activations: no per-call casts, and the fused bf16 CPU kernels apply.
-            model = model.to(torch.bfloat16)
+            # bf16 weights and activations instead of autocast: no per-call casts, and the fused
+            # bf16 CPU kernels apply. A model passed in is copied: the caller's keeps its dtype.
+            model = (copy.deepcopy(model) if callers else model).to(torch.bfloat16)
             self.autocast_dtype = torch.float32
         self.model = model.to(self.device).eval()
         self.config = model.config

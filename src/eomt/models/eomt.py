@@ -102,19 +102,19 @@ def _banded_mask_logits(block: ScaleBlock, x: Tensor, embed_t: Tensor, band_byte
     emits the rows whose neighbours it has (the last band emits the rest). Every band is written
     into one reused buffer, after the two rows it carries.
     """
-    b, h, w, c = x.shape
+    b, h, w, _ = x.shape
     k = embed_t.shape[-1]
     weight, bias = block.expand_params()
     out = x.new_empty(b, 2 * h, 2 * w, k)
     step = max(1, band_bytes // max(1, b * w * weight.shape[0] * x.element_size()))
     # Rows 0-1 of the band buffer hold the last two expanded rows of the previous band.
     buf = x.new_empty(b, 2 * step + 2, 2 * w, weight.shape[0] // 4)
-    done = n_prev = 0  # output rows written, expanded rows in the previous band
+    done = 0  # output rows written
     for a in range(0, h, step):
         e = min(a + step, h)
         n = 2 * (e - a)
-        if a:
-            buf[:, :2] = buf[:, n_prev : n_prev + 2]
+        if a:  # every band but the last holds 2 * step expanded rows
+            buf[:, :2] = buf[:, 2 * step : 2 * step + 2]
         block.expand(x[:, a:e], weight, bias, out=buf[:, 2 : 2 + n])  # expanded rows [2a, 2e)
         start, top = (2, 2 * a) if a == 0 else (0, 2 * a - 2)
         z = block.depthwise(buf[:, start : 2 + n])  # rows [top, 2e); the first and last lack a neighbour
@@ -122,7 +122,6 @@ def _banded_mask_logits(block: ScaleBlock, x: Tensor, embed_t: Tensor, band_byte
         z = block.norm(z[:, done - top : stop])  # rows [done, top + stop)
         torch.matmul(z.flatten(1, 2), embed_t, out=out[:, done : done + z.shape[1]].flatten(1, 2))
         done += z.shape[1]
-        n_prev = n
     return out
 
 

@@ -64,15 +64,7 @@ def cpu_inference(x: Tensor) -> bool:
 
 
 def _use_fused(x: Tensor, weight: Tensor) -> bool:
-    return (
-        _ENABLED
-        and _AVAILABLE
-        and x.dtype == torch.bfloat16
-        and weight.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and not _capturing()
-    )
+    return _AVAILABLE and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and cpu_inference(x)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -78,8 +78,8 @@ class EoMTModule(pl.LightningModule):
             g.pop("names", None)
         # Fused AdamW (one kernel over all parameters) on CUDA and CPU. Not with fp16 + a
         # GradScaler + clipping: the fused step unscales internally, which clipping cannot follow.
-        fused = self.device.type in ("cuda", "cpu") and not (t.precision == "16-mixed" and t.grad_clip > 0
-                                                             and self.device.type == "cuda")
+        scaled_clipping = self.device.type == "cuda" and t.precision == "16-mixed" and t.grad_clip > 0
+        fused = self.device.type in ("cuda", "cpu") and not scaled_clipping
         optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
         lambdas = warmup_poly_lambdas(groups, self.total_steps, tuple(t.warmup_steps), t.poly_power)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

@@ -161,7 +161,6 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
     pl.seed_everything(t.seed, workers=False, verbose=False)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     data = EoMTDataModule(cfg.data, cfg.model, seed=t.seed)
     data.setup("fit")
     cfg = with_dataset_labels(cfg, data.train_set)
