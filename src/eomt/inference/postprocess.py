@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eomt.inference.pixel_bounds import plan_assignment
 from eomt.inference.preprocess import ImageMeta, Windows
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
@@ -76,6 +77,22 @@ def _bilinear(x: Tensor, size: tuple[int, int], scales: tuple[float, float] | No
     return torch._C._nn.upsample_bilinear2d(x, size, False, sh, sw, out=out)
 
 
+def restore_geometry(
+    low_size: Sequence[int], meta: ImageMeta
+) -> tuple[int, int, tuple[int, int], tuple[float, float] | None]:
+    """The first upsampling of `restore_logits` for logits of size `low_size` (h4, w4):
+    the low-resolution rows and columns it reads, its output size and its scale factors (None:
+    the factors follow from the sizes, as for the full upsampling to the input size)."""
+    h4, w4 = low_size
+    (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
+    fy, fx = ih / h4, iw / w4
+    rows = min(h4, math.ceil(sh / fy) + 1)
+    cols = min(w4, math.ceil(sw / fx) + 1)
+    if (rows, cols) == (h4, w4):
+        return rows, cols, (ih, iw), None
+    return rows, cols, (math.floor(rows * fy), math.floor(cols * fx)), (fy, fx)
+
+
 def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = False) -> Tensor:
     """Mask logits of one padded input (Q, h4, w4) -> logits at the original image size (Q, H, W).
 
@@ -88,17 +105,10 @@ def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = F
     `reuse_buffers=True` writes the result into a buffer this thread reuses on the next call
     (the caller must be done with it by then); the post-processing functions below do so.
     """
-    q, h4, w4 = mask_logits.shape
-    (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
-    fy, fx = ih / h4, iw / w4
-    rows = min(h4, math.ceil(sh / fy) + 1)
-    cols = min(w4, math.ceil(sw / fx) + 1)
+    rows, cols, size, scales = restore_geometry(mask_logits.shape[1:], meta)
     x = mask_logits[None, :, :rows, :cols].float().contiguous(memory_format=torch.channels_last)
-    if (rows, cols) == (h4, w4):
-        x = _bilinear(x, (ih, iw), None, 0, reuse_buffers)
-    else:
-        size = (math.floor(rows * fy), math.floor(cols * fx))
-        x = _bilinear(x, size, (fy, fx), 0, reuse_buffers)
+    x = _bilinear(x, size, scales, 0, reuse_buffers)
+    sh, sw = meta.scaled_size
     x = x[..., :sh, :sw]  # (1, Q, sh, sw) drop the padding
     if meta.scaled_size == meta.original_size:  # resizing to the same size is the identity
         return x[0]
@@ -137,17 +147,16 @@ def panoptic(
         if idx.numel() == 0:
             results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
             continue
-        results.append(
-            _panoptic_one(
-                restore_logits(mask_logits[i, idx], meta, reuse_buffers=True),
-                scores[i, idx],
-                classes[i, idx],
-                is_stuff_class,
-                mask_threshold,
-                overlap_threshold,
-                from_logits=True,
-            )
-        )
+        low = mask_logits[i, idx]
+        plan = None
+        if device.type == "cpu":  # on accelerators the direct path is a few large kernels
+            plan = plan_assignment(low, meta, restore_geometry(low.shape[1:], meta), scores[i, idx], mask_threshold)
+        logits = restore_logits(low, meta, reuse_buffers=True)  # (K, H, W)
+        if plan is None:
+            assignment = _assign_pixels(logits, scores[i, idx], mask_threshold, from_logits=True)
+        else:
+            assignment = plan.resolve(logits)
+        results.append(_merge_segments(*assignment, scores[i, idx], classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
     return results
 
 
@@ -242,10 +251,25 @@ def _panoptic_one(
 ) -> PanopticResult:
     """Segment merging of one image: masks (K, H, W) probabilities (logits with `from_logits`),
     scores / classes (K,)."""
-    k, h, w = masks.shape
-    ar = torch.arange(k, device=masks.device)
+    assignment = _assign_pixels(masks, scores, mask_threshold, from_logits)
+    return _merge_segments(*assignment, scores, classes, is_stuff_class, overlap_threshold, masks.shape[1:])
+
+
+def _merge_segments(
+    mask_ids: Tensor,
+    inside: Tensor,
+    orig_area: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    is_stuff_class: Tensor,
+    overlap_threshold: float,
+    size: Sequence[int],
+) -> PanopticResult:
+    """Segments from the pixel assignment (`_assign_pixels`' outputs) of an (H, W) = `size` image."""
+    k = scores.shape[0]
+    h, w = size
+    ar = torch.arange(k, device=mask_ids.device)
     # A pixel ends up in its winner's segment only if it is also inside the winner's own mask.
-    mask_ids, inside, orig_area = _assign_pixels(masks, scores, mask_threshold, from_logits)
     new_area = torch.bincount(mask_ids, minlength=k)  # (K,)
     final_area = torch.bincount(mask_ids.masked_fill(~inside, k), minlength=k + 1)[:k]  # (K,)
     ratio = new_area.double() / orig_area.clamp(min=1).double()
