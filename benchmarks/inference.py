@@ -4,8 +4,10 @@ Rows: the network alone per implementation x precision x mode (eager / torch.com
 post-processing alone (ours vs `EomtImageProcessorPil.post_process_panoptic_segmentation` on
 crafted outputs where a fraction of the queries passes the 0.8 threshold; instance
 post-processing, ours top-100 over queries x classes vs transformers' per-query rule), and end to end
-(network + post-processing of the network's mask logits with the crafted class logits, so the
-post-processing has real work to do despite random weights). Both models run with
+(network + panoptic post-processing of crafted mask and class logits in the network's output dtype;
+random weights give noise-like mask logits, which no trained model outputs, so these rows take
+the crafted logits that tile the image like a real output; rows "... (network logits)" post-process
+the random network's own mask logits instead, the worst case for the post-processing). Both models run with
 attn_mask_probs = 0 (an annealed model). All rows are timed round-robin so that load drift on a
 shared machine hits them alike. Prints a table and writes JSON.
 
@@ -119,18 +121,27 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
             out = EomtForUniversalSegmentationOutput(masks_queries_logits=masks, class_queries_logits=cls_logits)
             return processor.post_process_panoptic_segmentation(out, target_sizes=[orig] * b, stuff_classes=stuff)
 
+    crafted: dict[torch.dtype, torch.Tensor] = {}
     for name, m in net_meta.items():
         if m["mode"] != "eager":
             continue
         post = ours_post if m["impl"] == "ours" else hf_post
+        out = net_fns[name]()
+        dtype = (out.mask_logits if m["impl"] == "ours" else out.masks_queries_logits).dtype
+        crafted.setdefault(dtype, mask_logits.to(dtype))
 
-        def e2e(net: Callable = net_fns[name], post: Callable = post, impl: str = m["impl"]) -> Any:
+        def e2e(net: Callable = net_fns[name], post: Callable = post, masks: torch.Tensor = crafted[dtype]) -> Any:
+            net()
+            return post(masks)
+
+        def e2e_own(net: Callable = net_fns[name], post: Callable = post, impl: str = m["impl"]) -> Any:
             out = net()
             return post(out.mask_logits if impl == "ours" else out.masks_queries_logits)
 
-        row = f"{m['impl']} {m['precision']} end-to-end"
-        fns[row] = e2e
-        meta[row] = {"section": "end-to-end", "impl": m["impl"], "precision": m["precision"]}
+        for row, fn in ((f"{m['impl']} {m['precision']} end-to-end", e2e),
+                        (f"{m['impl']} {m['precision']} end-to-end (network logits)", e2e_own)):
+            fns[row] = fn
+            meta[row] = {"section": "end-to-end", "impl": m["impl"], "precision": m["precision"]}
     if not hf:
         return fns, meta, info
     def hf_instance() -> Any:
@@ -252,9 +263,10 @@ def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, floa
         out["ours / hf (instance post-processing)"] = (median["ours instance postprocess"]
                                                        / median["hf instance postprocess"])
     for name, value in median.items():
-        parts = name.split()
-        if parts[0] == "ours" and parts[-1] == "end-to-end" and f"hf {parts[1]} end-to-end" in median:
-            out[f"ours / hf (end-to-end {parts[1]})"] = value / median[f"hf {parts[1]} end-to-end"]
+        impl, precision, *rest = name.split()
+        if impl == "ours" and rest and rest[0] == "end-to-end" and f"hf {precision} {' '.join(rest)}" in median:
+            kind = " ".join([precision, *rest[1:]]).replace("(", "").replace(")", "")
+            out[f"ours / hf (end-to-end {kind})"] = value / median[f"hf {precision} {' '.join(rest)}"]
     return out
 
 

@@ -40,6 +40,10 @@ def test_plan_equals_direct_assignment(original: tuple[int, int], sharpness: flo
     for a, b, name in zip(direct(low, meta, scores, threshold), got, ("winner", "inside", "mask area")):
         assert torch.equal(a, b), name
     assert plan.contested[0].numel() > 0 and plan.crossing[0].numel() > 0  # the exact part was exercised
+    # Logits with queries innermost (the network's channels-last layout) plan the same.
+    strided = low[None].contiguous(memory_format=torch.channels_last)[0]
+    again = plan_assignment(strided, meta, postprocess.restore_geometry(low.shape[1:], meta), scores, threshold)
+    assert torch.equal(again.winner, plan.winner) and torch.equal(again.orig_area, plan.orig_area)
 
 
 def test_plan_leaves_noise_to_the_direct_path() -> None:
@@ -58,6 +62,9 @@ def test_panoptic_uses_the_plan_and_matches_the_direct_segments() -> None:
     classes[0, torch.arange(q), torch.randint(0, c, (q,), generator=g)] += 8  # every query confident
     meta = ImageMeta((48, 64), (48, 64), (s, s))
     ours = postprocess.panoptic(low, classes, [meta], stuff_classes=[3, 4])[0]
+    # The network's mask logits are channels-last; the result does not depend on the layout.
+    channels_last = postprocess.panoptic(low.contiguous(memory_format=torch.channels_last), classes, [meta], [3, 4])[0]
+    assert torch.equal(channels_last.segmentation, ours.segmentation)
     probs = classes.softmax(-1)[0]
     scores, labels = probs.max(-1)
     is_stuff = torch.zeros(c + 1, dtype=torch.bool)

@@ -174,13 +174,15 @@ def plan_assignment(
     used_rows, used_cols, stage, scale = geometry
     rows = _Axis.build(*_axis_sources(used_rows, stage[0], scale and scale[0], meta.scaled_size[0], h))
     cols = _Axis.build(*_axis_sources(used_cols, stage[1], scale and scale[1], meta.scaled_size[1], w))
-    x = low[:, :used_rows, :used_cols].float()
+    x = low[:, :used_rows, :used_cols].float().contiguous()  # the network's logits are channels-last
     upper, lower = _window_extremes(x, rows, cols)  # (K, R, C)
     upper, lower = upper.reshape(k, -1), lower.reshape(k, -1)  # (K, N) N cells
     margin = 1e-4 * (1.0 + max(-float(lower.min()), float(upper.max())))  # far above interpolation rounding
     boundary = math.log(mask_threshold / (1 - mask_threshold))
     inside, outside = lower > boundary + margin, upper < boundary - margin  # (K, N)
     known = inside | outside
+    if int(known.logical_not().sum()) > _MAX_OPEN_FRACTION * known.numel():
+        return None  # the crossing pairs alone (average cells) are too many: noise-like logits
 
     s = scores.float()[:, None]
     best_lower, winner = (lower - margin).sigmoid_().mul_(s).max(0)  # (N,)
