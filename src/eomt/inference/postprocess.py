@@ -4,7 +4,9 @@ All work happens on the device of the logits, in float32, vectorised over querie
 pixels; the only Python loops are over the images of a batch and, on the CPU, over blocks of
 pixels that keep the per-pixel work in cache. Only the queries a result can use are
 upsampled to full resolution (bilinear interpolation treats every query channel on its own, so
-this changes nothing but the memory and time).
+this changes nothing but the memory and time). On the CPU, panoptic segmentation decides most
+pixels from bounds on the low-resolution logits and computes the rest exactly
+(`eomt.inference.pixel_bounds`); the result is the same.
 
 Differences from the transformers port, on purpose:
 - panoptic: a segment is kept when `area(new) / area(orig) >= overlap_threshold` (official code:
