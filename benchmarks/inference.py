@@ -262,11 +262,12 @@ def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, floa
         out["ours / hf (panoptic post-processing)"] = median["ours postprocess"] / median["hf postprocess"]
         out["ours / hf (instance post-processing)"] = (median["ours instance postprocess"]
                                                        / median["hf instance postprocess"])
-    for name, value in median.items():
+    for name, value in median.items():  # "ours bf16 end-to-end" and "ours bf16 end-to-end (network logits)"
         impl, precision, *rest = name.split()
-        if impl == "ours" and rest and rest[0] == "end-to-end" and f"hf {precision} {' '.join(rest)}" in median:
+        hf = median.get(f"hf {precision} {' '.join(rest)}")
+        if impl == "ours" and rest and rest[0] == "end-to-end" and hf is not None:
             kind = " ".join([precision, *rest[1:]]).replace("(", "").replace(")", "")
-            out[f"ours / hf (end-to-end {kind})"] = value / median[f"hf {precision} {' '.join(rest)}"]
+            out[f"ours / hf (end-to-end {kind})"] = value / hf
     return out
 
 

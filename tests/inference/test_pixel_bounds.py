@@ -34,7 +34,7 @@ def test_plan_equals_direct_assignment(original: tuple[int, int], sharpness: flo
     low = voronoi_logits(q, s // 4, seed=sum(original), sharpness=sharpness)
     scores = 0.8 + 0.2 * torch.rand(q, generator=torch.Generator().manual_seed(1))
     meta = ImageMeta(original, scaled_size_longest(*original, s), (s, s))
-    plan = plan_assignment(low, meta, postprocess.restore_geometry(low.shape[1:], meta), scores, threshold)
+    plan = plan_assignment(low, meta, scores, threshold)
     assert plan is not None  # smooth masks leave little open
     got = plan.resolve(postprocess.restore_logits(low, meta, reuse_buffers=True))
     for a, b, name in zip(direct(low, meta, scores, threshold), got, ("winner", "inside", "mask area")):
@@ -42,16 +42,15 @@ def test_plan_equals_direct_assignment(original: tuple[int, int], sharpness: flo
     assert plan.contested[0].numel() > 0 and plan.crossing[0].numel() > 0  # the exact part was exercised
     # Logits with queries innermost (the network's channels-last layout) plan the same.
     strided = low[None].contiguous(memory_format=torch.channels_last)[0]
-    again = plan_assignment(strided, meta, postprocess.restore_geometry(low.shape[1:], meta), scores, threshold)
+    again = plan_assignment(strided, meta, scores, threshold)
     assert torch.equal(again.winner, plan.winner) and torch.equal(again.orig_area, plan.orig_area)
 
 
 def test_plan_leaves_noise_to_the_direct_path() -> None:
     low = torch.randn(12, 16, 16, generator=torch.Generator().manual_seed(0))
     meta = ImageMeta((48, 64), (48, 64), (64, 64))
-    geometry = postprocess.restore_geometry(low.shape[1:], meta)
-    assert plan_assignment(low, meta, geometry, torch.full((12,), 0.9), 0.5) is None
-    assert plan_assignment(voronoi_logits(12, 16, 0), meta, geometry, torch.full((12,), 0.9), 0.999) is None
+    assert plan_assignment(low, meta, torch.full((12,), 0.9), 0.5) is None
+    assert plan_assignment(voronoi_logits(12, 16, 0), meta, torch.full((12,), 0.9), 0.999) is None
 
 
 def test_panoptic_uses_the_plan_and_matches_the_direct_segments() -> None:

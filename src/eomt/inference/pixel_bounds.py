@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eomt.inference.preprocess import ImageMeta
+from eomt.inference.preprocess import ImageMeta, restore_geometry
 
 _MAX_OPEN_FRACTION = 0.25  # open pairs x cell pixels, as a fraction of queries x pixels
 _RELATIVE_MARGIN = 1e-5  # on scores: covers float rounding of sigmoid and the product
@@ -157,21 +157,15 @@ def _gather(logits: Tensor, q: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return logits.as_strided((extent,), (1,)).index_select(0, q * sq + y * sy + x * sx)
 
 
-def plan_assignment(
-    low: Tensor,
-    meta: ImageMeta,
-    geometry: tuple[int, int, tuple[int, int], tuple[float, float] | None],
-    scores: Tensor,
-    mask_threshold: float,
-) -> AssignmentPlan | None:
+def plan_assignment(low: Tensor, meta: ImageMeta, scores: Tensor, mask_threshold: float) -> AssignmentPlan | None:
     """Decide the panoptic pixel assignment of the kept queries' low-resolution logits `low`
-    (K, h4, w4) per cell. `geometry` is `postprocess.restore_geometry` of the restoration the
-    logits will go through. None when too much would stay open (or the threshold is extreme)."""
+    (K, h4, w4), which `postprocess.restore_logits` will restore for `meta`, per cell.
+    None when too much would stay open (or the threshold is extreme)."""
     if not 0.01 <= mask_threshold <= 0.99:
         return None
     k = low.shape[0]
     h, w = meta.original_size
-    used_rows, used_cols, stage, scale = geometry
+    used_rows, used_cols, stage, scale = restore_geometry(low.shape[1:], meta)
     rows = _Axis.build(*_axis_sources(used_rows, stage[0], scale and scale[0], meta.scaled_size[0], h))
     cols = _Axis.build(*_axis_sources(used_cols, stage[1], scale and scale[1], meta.scaled_size[1], w))
     x = low[:, :used_rows, :used_cols].float().contiguous()  # the network's logits are channels-last

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eomt.inference.pixel_bounds import plan_assignment
-from eomt.inference.preprocess import ImageMeta, Windows
+from eomt.inference.preprocess import ImageMeta, Windows, restore_geometry
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 
@@ -77,22 +77,6 @@ def _bilinear(x: Tensor, size: tuple[int, int], scales: tuple[float, float] | No
         return F.interpolate(x, scale_factor=scales, mode="bilinear", recompute_scale_factor=False)
     sh, sw = scales if scales is not None else (None, None)
     return torch._C._nn.upsample_bilinear2d(x, size, False, sh, sw, out=out)
-
-
-def restore_geometry(
-    low_size: Sequence[int], meta: ImageMeta
-) -> tuple[int, int, tuple[int, int], tuple[float, float] | None]:
-    """The first upsampling of `restore_logits` for logits of size `low_size` (h4, w4):
-    the low-resolution rows and columns it reads, its output size and its scale factors (None:
-    the factors follow from the sizes, as for the full upsampling to the input size)."""
-    h4, w4 = low_size
-    (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
-    fy, fx = ih / h4, iw / w4
-    rows = min(h4, math.ceil(sh / fy) + 1)
-    cols = min(w4, math.ceil(sw / fx) + 1)
-    if (rows, cols) == (h4, w4):
-        return rows, cols, (ih, iw), None
-    return rows, cols, (math.floor(rows * fy), math.floor(cols * fx)), (fy, fx)
 
 
 def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = False) -> Tensor:
@@ -149,16 +133,15 @@ def panoptic(
         if idx.numel() == 0:
             results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
             continue
-        low = mask_logits[i, idx]
-        plan = None
-        if device.type == "cpu":  # on accelerators the direct path is a few large kernels
-            plan = plan_assignment(low, meta, restore_geometry(low.shape[1:], meta), scores[i, idx], mask_threshold)
+        low, kept_scores = mask_logits[i, idx], scores[i, idx]
+        # On accelerators the direct path is a few large kernels; the bounds pay off on the CPU.
+        plan = plan_assignment(low, meta, kept_scores, mask_threshold) if device.type == "cpu" else None
         logits = restore_logits(low, meta, reuse_buffers=True)  # (K, H, W)
         if plan is None:
-            assignment = _assign_pixels(logits, scores[i, idx], mask_threshold, from_logits=True)
+            assignment = _assign_pixels(logits, kept_scores, mask_threshold, from_logits=True)
         else:
             assignment = plan.resolve(logits)
-        results.append(_merge_segments(*assignment, scores[i, idx], classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
+        results.append(_merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
     return results
 
 

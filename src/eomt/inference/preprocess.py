@@ -166,3 +166,19 @@ def sliding_windows(images: Sequence[Tensor], size: int) -> tuple[Tensor, Window
         offsets.extend((i, s, s + size) for s in starts)
         metas.append(ImageMeta((h, w), (nh, nw), (size, size)))
     return torch.cat(crops), Windows(offsets, metas)
+
+
+def restore_geometry(
+    low_size: Sequence[int], meta: ImageMeta
+) -> tuple[int, int, tuple[int, int], tuple[float, float] | None]:
+    """The first upsampling of `postprocess.restore_logits` for logits of size `low_size` (h4, w4):
+    the low-resolution rows and columns it reads, its output size and its scale factors (None:
+    the factors follow from the sizes, as for the full upsampling to the input size)."""
+    h4, w4 = low_size
+    (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
+    fy, fx = ih / h4, iw / w4
+    rows = min(h4, math.ceil(sh / fy) + 1)
+    cols = min(w4, math.ceil(sw / fx) + 1)
+    if (rows, cols) == (h4, w4):
+        return rows, cols, (ih, iw), None
+    return rows, cols, (math.floor(rows * fy), math.floor(cols * fx)), (fy, fx)
