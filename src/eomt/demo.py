@@ -33,11 +33,8 @@ def demo_config(overrides: list[str] | None = None, out_dir: str | None = None) 
 
 
 def _config_path() -> Path:
-    # Installed packages carry the config as package data; a source checkout has it in configs/.
-    packaged = resources.files("eomt") / "configs" / DEMO_CONFIG
-    if packaged.is_file():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG
+    # The configs are package data (src/eomt/configs), in a checkout and in an installed wheel alike.
+    return Path(str(resources.files("eomt") / "configs" / DEMO_CONFIG))
 
 
 def evaluate_all_tasks(network: Any, dataset: Any, batch_size: int = 8) -> dict[str, float]:
