@@ -50,6 +50,11 @@ class _PanopticRecord:
     is_crowd: np.ndarray  # (S,) bool
 
 
+def dataset_ids(category_ids: Mapping[int, int]) -> tuple[int, ...]:
+    """The dataset's category id of each contiguous class (the inverse of `category_ids`)."""
+    return tuple(int(cid) for cid, _ in sorted(category_ids.items(), key=lambda kv: kv[1]))
+
+
 class PanopticJsonDataset(SegmentationDataset):
     """COCO panoptic format: one RGB id PNG per image plus `segments_info` in a JSON.
 
@@ -65,6 +70,7 @@ class PanopticJsonDataset(SegmentationDataset):
         self.images, self.image_folder = images, image_folder
         self.masks, self.mask_folder = masks, mask_folder
         self.json_name = json_name
+        self.category_ids = dataset_ids(category_ids)
         self.records = self._index(annotations, dict(category_ids), skip_missing_images)
 
     def _index(self, js: Mapping[str, Any], cats: dict[int, int], skip_missing: bool) -> list[_PanopticRecord]:
@@ -202,6 +208,7 @@ class InstanceJsonDataset(SegmentationDataset):
                  skip_missing_images: bool = False) -> None:
         super().__init__(class_names, (), transform)
         self.images, self.image_folder, self.json_name = images, image_folder, json_name
+        self.category_ids = dataset_ids(category_ids)
         self.records = self._index(annotations, dict(category_ids), skip_missing_images)
 
     def _index(self, js: Mapping[str, Any], cats: dict[int, int], skip_missing: bool) -> list[_InstanceRecord]:
