@@ -1,8 +1,8 @@
 """Reading images as RGB tensors, and writing result files atomically.
 
 Every image, whatever it arrives as (path, PIL image, numpy array, tensor), becomes one RGB tensor
-(3, H, W): EXIF orientation applied, grayscale / palette / CMYK converted, alpha composited onto
-white (transparent pixels often hold arbitrary colours), 16-bit samples scaled to 8 bits.
+(3, H, W) by the rule of `eomt.images`, the same the datasets read with: EXIF orientation applied,
+grayscale / palette / CMYK converted, alpha composited onto white, 16-bit samples scaled to 8 bits.
 A file that is missing, not an image, or truncated raises one clear line naming the file.
 """
 
@@ -17,16 +17,14 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
+
+from eomt.images import ImageReadError, array_to_rgb, to_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
-
-
-class ImageReadError(ValueError):
-    """An input image that cannot be read; the message names the file and the reason."""
 
 
 def read_image(path: str | Path) -> Tensor:
@@ -46,51 +44,21 @@ def read_image(path: str | Path) -> Tensor:
 
 
 def pil_to_tensor(img: Image.Image) -> Tensor:
-    """A PIL image of any mode -> RGB uint8 (3, H, W), EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return array_to_tensor(np.asarray(img))
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
-
-
-def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255
-    if a.dtype == np.uint16 or (np.issubdtype(a.dtype, np.integer) and a.size and a.max() > 255):
-        # 16-bit samples: 65535 -> 255 (x / 257 is the exact inverse of 8 -> 16 bit expansion).
-        return np.clip(np.round(a.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer):
-        return np.clip(a, 0, 255).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        # [0, 1] is the convention; values above 1 can only mean a 0..255 float image.
-        scale = 255.0 if a.size == 0 or float(np.nanmax(a)) <= 1.0 else 1.0
-        return np.clip(np.round(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8)
-    raise ImageReadError(f"{name}: unsupported array dtype {a.dtype} (expected uint8, uint16 or float)")
+    """A PIL image of any mode -> RGB uint8 (3, H, W), by the shared rule of `eomt.images.to_rgb`."""
+    return _chw(to_rgb(img))
 
 
 def array_to_tensor(a: np.ndarray, name: str = "image") -> Tensor:
     """A numpy image (H, W), (H, W, 1|3|4) -> RGB uint8 (3, H, W).
 
-    uint16 is scaled by 1/257; floats are taken as [0, 1] (as 0..255 if any value exceeds 1).
+    uint16 is scaled by 1/257; floats are taken as [0, 1] (as 0..255 if any value exceeds 1);
+    alpha is composited onto white (`eomt.images.array_to_rgb`).
     """
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ImageReadError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got {a.shape}")
-    a = _to_uint8(a, name)
-    if a.shape[-1] == 4:
-        alpha = a[..., 3:].astype(np.float32) / 255.0
-        a = np.round(a[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous()
+    return _chw(array_to_rgb(a, name))
+
+
+def _chw(rgb: np.ndarray) -> Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 def load_image(image: ImageInput, name: str = "image") -> Tensor:
