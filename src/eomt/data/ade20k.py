@@ -23,10 +23,11 @@ import torch
 
 from eomt import classes
 from eomt.data.archives import (
-    DatasetError, SegmentationDataset, Transform, ZipSource, join, present_values, resize_nearest,
+    DatasetError, SegmentationDataset, Transform, ZipSource, annotation_orientation, join, present_values,
     target_from_ids, target_from_label_map,
 )
 from eomt.data.user import UNLABELLED, SemanticPngDataset
+from eomt.images import orient
 from eomt.structures import Target
 
 SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
@@ -105,6 +106,8 @@ class ADE20KPanoptic(SegmentationDataset):
         if sem.min() == sem.max():
             return True
         inst = self.instances.read_png(instance)
+        if sem.shape[:2] != inst.shape[:2]:
+            return False  # kept, so that loading or `check` reports the file
         flat = inst.reshape(-1, inst.shape[-1]) if inst.ndim == 3 else inst.reshape(-1, 1)
         if (flat.min(0) == flat.max(0)).all():
             return len(self._target(sem, inst)) == 0
@@ -132,10 +135,12 @@ class ADE20KPanoptic(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, Target]:
         image_member, label, instance = self.items[index]
-        image = self.images.read_image(image_member)
-        size = image.shape[:2]
-        sem = resize_nearest(self.images.read_png(label), size)
-        inst = resize_nearest(self.instances.read_png(instance), size)
+        image, frame = self.images.read_image_framed(image_member)
+        where = self.images.where(image_member)
+        sem = self.images.read_png(label)
+        sem = orient(sem, annotation_orientation(sem.shape[:2], frame, self.images.where(label), where))
+        inst = self.instances.read_png(instance)
+        inst = orient(inst, annotation_orientation(inst.shape[:2], frame, self.instances.where(instance), where))
         try:
             return image, self._target(sem, inst)
         except DatasetError as e:

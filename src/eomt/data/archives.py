@@ -1,9 +1,14 @@
 """Reading annotated images where they lie: zip archives (also a zip inside a zip) and folders.
 
-A `Source` lists members under a folder and decodes images and PNGs; `ZipSource` opens its archive
+A `Source` lists members under a folder and decodes images (by the one rule of `eomt.images`, the
+predictor's too) and PNGs; `ZipSource` opens its archive
 lazily and once per process, so a dataset can be pickled into (or forked into) DataLoader workers
 and each worker reopens its own handle. `SegmentationDataset` is the small base every dataset of
 this package shares: label space, `transform`, and the per-image check used by `eomt check`.
+
+Annotations follow their image into the displayed frame (`annotation_orientation`): one drawn on
+the stored pixels of an EXIF-rotated image is turned with it; one that fits neither frame is an
+error naming the file, never resized.
 """
 
 from __future__ import annotations
@@ -19,17 +24,29 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from eomt.images import exif_orientation, oriented_size, to_rgb
 from eomt.structures import Target
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_EXIF_ORIENTATION = 0x0112
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
 
 
 class DatasetError(ValueError):
     """Bad dataset input (missing or unreadable file, unknown id); the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """Where an image's pixels lie: `stored` (H, W) as in the file, shown after EXIF `orientation`."""
+
+    stored: tuple[int, int]
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) as displayed, the size of the array `read_image` returns."""
+        return oriented_size(self.stored, self.orientation)
 
 
 def natural_key(member: str) -> tuple[float, str]:
@@ -94,24 +111,34 @@ class Source:
         return img
 
     def read_image(self, member: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, EXIF orientation applied."""
-        img = ImageOps.exif_transpose(self._open_image(member))
-        return np.asarray(img.convert("RGB"))
+        """(H, W, 3) uint8 RGB as displayed, decoded like the predictor's (`eomt.images.to_rgb`)."""
+        return self.read_image_framed(member)[0]
+
+    def read_image_framed(self, member: str) -> tuple[np.ndarray, ImageFrame]:
+        """(H, W, 3) uint8 RGB as `read_image`, and the frame its annotations are checked against."""
+        img = self._open_image(member)
+        frame = ImageFrame((img.height, img.width), exif_orientation(img))
+        return to_rgb(img), frame
 
     def read_png(self, member: str) -> np.ndarray:
         """Raw stored values: (H, W) for L/P/I;16 (palette indices, not colours), (H, W, C) else."""
         return np.asarray(self._open_image(member))
 
-    def image_size(self, member: str) -> tuple[int, int]:
-        """(H, W) after EXIF orientation, from the header only (the file is not decoded)."""
+    def image_frame(self, member: str, decode: bool = False) -> ImageFrame:
+        """Stored size and EXIF orientation from the header; `decode` also decodes the pixels
+        (so a truncated file is an error here). Raises DatasetError naming the file."""
+        if decode:
+            img = self._open_image(member)
+            return ImageFrame((img.height, img.width), exif_orientation(img))
         try:
             with Image.open(io.BytesIO(self.read_bytes(member))) as img:
-                w, h = img.size
-                if img.getexif().get(_EXIF_ORIENTATION) in _SWAPPING_ORIENTATIONS:
-                    w, h = h, w
+                return ImageFrame((img.height, img.width), exif_orientation(img))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
-        return h, w
+
+    def image_size(self, member: str) -> tuple[int, int]:
+        """(H, W) after EXIF orientation, from the header only (the file is not decoded)."""
+        return self.image_frame(member).size
 
 
 class FolderSource(Source):
@@ -208,8 +235,34 @@ class ZipSource(Source):
         return state
 
 
+def annotation_orientation(size: tuple[int, int], frame: ImageFrame, annotation: str, image: str) -> int:
+    """The EXIF orientation (`eomt.images.orient`) that puts an annotation of `size` (h, w) on its image.
+
+    Sized like the stored pixels: the image's orientation (tools that ignore EXIF, COCO's among
+    them, draw on the stored pixels; with a flip or a square image both frames fit and this one
+    wins). Sized like the displayed image only: 1 (already there). Neither: DatasetError naming
+    `annotation`, its size and both sizes of `image`.
+    """
+    size = (int(size[0]), int(size[1]))
+    if size == frame.stored:
+        return frame.orientation
+    if size == frame.size:
+        return 1
+    shown = f"{frame.size}" if frame.orientation == 1 else \
+        f"{frame.size} as displayed, {frame.stored} as stored (EXIF orientation {frame.orientation})"
+    raise DatasetError(f"{annotation}: size {size} (H, W) fits neither frame of its image {image}: {shown}")
+
+
+def turned_note(annotation: str, image: str, orientation: int) -> str:
+    """The `check` warning for an annotation that `annotation_orientation` turns with its image."""
+    return f"{annotation}: drawn on the stored pixels of {image}, turned with it (EXIF orientation {orientation})"
+
+
 def resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w, ...) array of ids to (H, W) (torch 'nearest' rule)."""
+    """Nearest-neighbour resize of an (h, w, ...) array of ids to (H, W) (torch 'nearest' rule).
+
+    Not for annotations that disagree with their image: those go through `annotation_orientation`.
+    """
     h, w = values.shape[:2]
     if (h, w) == tuple(size):
         return values
@@ -219,11 +272,14 @@ def resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def target_from_ids(id_map: np.ndarray, ids: np.ndarray, labels: np.ndarray, is_crowd: np.ndarray) -> Target:
-    """One mask per id of `ids` found in `id_map` (H, W); ids absent from the map are dropped."""
+    """One mask per id of `ids` found in `id_map` (H, W); ids absent from the map are dropped.
+
+    Masks (N, H, W) bool; with no id left the target is empty: masks (0, H, W).
+    """
     ids = np.asarray(ids, dtype=np.int64)
     # numpy, not torch: a (N, H, W) compare is faster here and does not contend for threads in workers
     masks = np.asarray(id_map)[None] == ids[:, None, None]  # (N, H, W)
-    keep = masks.reshape(len(ids), -1).any(1)
+    keep = masks.any(axis=(1, 2))  # (N,); N = 0 (an all-unlabelled map) gives an empty target
     return Target(
         torch.from_numpy(masks[keep]),
         torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]),

@@ -24,9 +24,10 @@ from pycocotools import mask as mask_utils
 
 from eomt import classes
 from eomt.data.archives import (
-    DatasetError, ItemCheck, SegmentationDataset, Source, Transform, ZipSource, join, natural_key,
-    resize_nearest, target_from_ids,
+    DatasetError, ImageFrame, ItemCheck, SegmentationDataset, Source, Transform, ZipSource,
+    annotation_orientation, join, natural_key, target_from_ids, turned_note,
 )
+from eomt.images import orient
 from eomt.structures import Target
 
 
@@ -126,21 +127,27 @@ class PanopticJsonDataset(SegmentationDataset):
             raise DatasetError(f"{self.masks.where(member)}: expected an RGB panoptic PNG, found shape {png.shape}")
         return panoptic_ids(png)
 
+    def _orientation(self, index: int, ids: np.ndarray, frame: ImageFrame) -> int:
+        r = self.records[index]
+        return annotation_orientation(ids.shape[:2], frame, self.masks.where(join(self.mask_folder, r.png)),
+                                      self.images.where(join(self.image_folder, r.image)))
+
     def load(self, index: int) -> tuple[np.ndarray, Target]:
         r = self.records[index]
-        image = self.images.read_image(join(self.image_folder, r.image))
-        ids = resize_nearest(self._ids(index), image.shape[:2])
+        image, frame = self.images.read_image_framed(join(self.image_folder, r.image))
+        ids = self._ids(index)
+        ids = orient(ids, self._orientation(index, ids, frame))  # (H, W) on the displayed image
         known = r.labels >= 0
         return image, target_from_ids(ids, r.ids[known], r.labels[known], r.is_crowd[known])
 
     def check_item(self, index: int, read_images: bool = True) -> ItemCheck:
-        """Image readable, PNG readable, PNG ids == segments_info ids, sizes agree."""
+        """Image readable, PNG readable, PNG ids == segments_info ids, PNG on the image's frame."""
         r, out = self.records[index], ItemCheck()
         png_name = self.masks.where(join(self.mask_folder, r.png))
         try:
-            member = join(self.image_folder, r.image)
-            size = self.images.read_image(member).shape[:2] if read_images else self.images.image_size(member)
+            frame = self.images.image_frame(join(self.image_folder, r.image), decode=read_images)
             ids = self._ids(index)
+            orientation = self._orientation(index, ids, frame)
         except DatasetError as e:
             out.errors.append(str(e))
             return out
@@ -152,8 +159,8 @@ class PanopticJsonDataset(SegmentationDataset):
         if missing.size:
             out.errors.append(f"{self.json_name}: {r.image}: segments_info ids {missing.tolist()[:10]} "
                               f"not found in {png_name}")
-        if ids.shape != tuple(size):
-            out.warnings.append(f"{png_name}: size {ids.shape} differs from its image {tuple(size)} (resized)")
+        if orientation != 1:
+            out.warnings.append(turned_note(png_name, self.item_name(index), orientation))
         out.labels = r.labels[(r.labels >= 0) & np.isin(r.ids, present)]
         return out
 
@@ -168,10 +175,14 @@ class _InstanceRecord:
     is_crowd: np.ndarray  # (N,) bool
 
 
-def _segmentation_problem(seg: Any) -> str | None:
-    """Why a COCO `segmentation` cannot be decoded, or None when it can."""
+def _segmentation_problem(seg: Any, size: tuple[int, int]) -> str | None:
+    """Why a COCO `segmentation` cannot be decoded on an image of `size` (H, W), or None when it can."""
     if isinstance(seg, dict):
-        return None if "counts" in seg and "size" in seg else "RLE without 'counts'/'size'"
+        if "counts" not in seg or "size" not in seg:
+            return "RLE without 'counts'/'size'"
+        if list(seg["size"]) != list(size):
+            return f"RLE size {list(seg['size'])} differs from the image's height/width {list(size)}"
+        return None
     if isinstance(seg, list) and not seg:
         return "empty segmentation"
     if isinstance(seg, list) and all(isinstance(p, list) for p in seg):
@@ -229,7 +240,7 @@ class InstanceJsonDataset(SegmentationDataset):
                 self.index_errors.append(
                     f"{where} ({img['file_name']}): unknown category_id {ann.get('category_id')}")
                 continue
-            problem = _segmentation_problem(ann.get("segmentation"))
+            problem = _segmentation_problem(ann.get("segmentation"), (img.get("height"), img.get("width")))
             if problem:
                 self.index_errors.append(f"{where} ({img['file_name']}): {problem}")
                 continue
@@ -255,27 +266,33 @@ class InstanceJsonDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, Target]:
         r = self.records[index]
-        image = self.images.read_image(join(self.image_folder, r.image))
+        image, frame = self.images.read_image_framed(join(self.image_folder, r.image))
+        orientation = self._orientation(index, frame)
         try:
-            masks = decode_segmentations(r.segmentations, r.height, r.width)
+            masks = decode_segmentations(r.segmentations, r.height, r.width)  # (N, h, w) as in the JSON
         except Exception as e:  # pycocotools raises bare exceptions on malformed input
             raise DatasetError(f"{self.json_name}: {r.image}: cannot decode a segmentation ({e})") from None
-        if masks.shape[1:] != image.shape[:2]:  # annotation frame differs (e.g. EXIF rotation)
-            masks = torch.from_numpy(resize_nearest(masks.permute(1, 2, 0).numpy(), image.shape[:2])).permute(2, 0, 1)
+        if orientation != 1:  # drawn on the stored pixels: turn with the image
+            turned = orient(masks.numpy().transpose(1, 2, 0), orientation)  # (H, W, N)
+            masks = torch.from_numpy(np.ascontiguousarray(turned.transpose(2, 0, 1)))  # (N, H, W)
         return image, Target(masks, torch.from_numpy(r.labels), torch.from_numpy(r.is_crowd))
 
+    def _orientation(self, index: int, frame: ImageFrame) -> int:
+        r = self.records[index]
+        return annotation_orientation((r.height, r.width), frame, f"{self.json_name}: {r.image} (height/width)",
+                                      self.item_name(index))
+
     def check_item(self, index: int, read_images: bool = True) -> ItemCheck:
-        """Image present and readable, its size equal to the JSON's height/width."""
+        """Image present and readable, the JSON's height/width on one of its frames."""
         r, out = self.records[index], ItemCheck(labels=self.records[index].labels)
-        member = join(self.image_folder, r.image)
         try:
-            size = self.images.read_image(member).shape[:2] if read_images else self.images.image_size(member)
+            frame = self.images.image_frame(join(self.image_folder, r.image), decode=read_images)
+            orientation = self._orientation(index, frame)
         except DatasetError as e:
             out.errors.append(str(e))
             return out
-        if tuple(size) != (r.height, r.width):
-            out.warnings.append(f"{self.images.where(member)}: size {tuple(size)} differs from the JSON's "
-                                f"{(r.height, r.width)} (masks resized)")
+        if orientation != 1:
+            out.warnings.append(turned_note(f"{self.json_name}: {r.image}", self.item_name(index), orientation))
         return out
 
 

@@ -18,10 +18,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eomt.data.archives import (
-    IMAGE_SUFFIXES, DatasetError, FolderSource, ItemCheck, SegmentationDataset, Source, Transform, ZipSource,
-    present_values, resize_nearest, target_from_label_map,
+    IMAGE_SUFFIXES, DatasetError, FolderSource, ImageFrame, ItemCheck, SegmentationDataset, Source, Transform,
+    ZipSource, annotation_orientation, present_values, target_from_label_map, turned_note,
 )
 from eomt.data.coco import InstanceJsonDataset, PanopticJsonDataset
+from eomt.images import orient
 from eomt.structures import IGNORE_INDEX, Target
 
 UNLABELLED, INVALID = -1, -2  # lookup-table values: dropped pixel / value outside the label space
@@ -76,26 +77,32 @@ class SemanticPngDataset(SegmentationDataset):
     def item_name(self, index: int) -> str:
         return self.images.where(self.pairs[index][0])
 
-    def load(self, index: int) -> tuple[np.ndarray, Target]:
+    def _orientation(self, index: int, raw: np.ndarray, frame: ImageFrame) -> int:
         image_member, label_member = self.pairs[index]
-        image = self.images.read_image(image_member)
+        return annotation_orientation(raw.shape[:2], frame, self.labels.where(label_member),
+                                      self.images.where(image_member))
+
+    def load(self, index: int) -> tuple[np.ndarray, Target]:
+        """Image (H, W, 3) uint8 and one mask per labelled class; an all-unlabelled PNG gives 0 masks."""
+        image_member, label_member = self.pairs[index]
+        image, frame = self.images.read_image_framed(image_member)
         raw = self.labels.read_png(label_member)
         mapped = self._map(raw, label_member)
         bad = self._invalid_values(raw, mapped)
         if bad:
             raise DatasetError(f"{self.labels.where(label_member)}: label values {bad[:10]} outside the "
                                f"{self.num_classes} classes (and not the ignore value)")
-        return image, target_from_label_map(resize_nearest(mapped, image.shape[:2]))
+        return image, target_from_label_map(orient(mapped, self._orientation(index, raw, frame)))
 
     def check_item(self, index: int, read_images: bool = True) -> ItemCheck:
-        """Image readable, label PNG single-channel with known values, sizes agree."""
+        """Image readable, label PNG single-channel with known values, on one of the image's frames."""
         image_member, label_member = self.pairs[index]
         out, label_name = ItemCheck(), self.labels.where(label_member)
         try:
-            image = self.images
-            size = image.read_image(image_member).shape[:2] if read_images else image.image_size(image_member)
+            frame = self.images.image_frame(image_member, decode=read_images)
             raw = self.labels.read_png(label_member)
             mapped = self._map(raw, label_member)
+            orientation = self._orientation(index, raw, frame)
         except DatasetError as e:
             out.errors.append(str(e))
             return out
@@ -103,8 +110,8 @@ class SemanticPngDataset(SegmentationDataset):
         if bad:
             out.errors.append(f"{label_name}: label values {bad[:10]} outside the class list "
                               f"({self.num_classes} classes) and not the ignore value")
-        if raw.shape != tuple(size):
-            out.warnings.append(f"{label_name}: size {raw.shape} differs from its image {tuple(size)} (resized)")
+        if orientation != 1:
+            out.warnings.append(turned_note(label_name, self.item_name(index), orientation))
         out.labels = present_values(mapped)
         if out.labels.size == 0:
             out.warnings.append(f"{label_name}: no labelled pixel")
