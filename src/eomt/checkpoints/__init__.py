@@ -5,7 +5,9 @@
 - `save_model(model, path, extra)`: one safetensors file carrying the full `ModelConfig`.
 - `save_transformers(model, folder)`: a folder `EomtForUniversalSegmentation.from_pretrained` reads.
 - `to_official_state_dict(model)` / `save_official(model, path)`: the official `network.*` layout.
-- `load_dinov2_backbone(model, source)`: DINOv2 weights (timm or torch-hub) for training.
+- `init_from(network, source)`: start training from an EoMT checkpoint (another label space: all
+  but the class head) or DINOv2 backbone weights, recognised from the file; `InitReport` says what.
+- `load_dinov2_backbone(model, source)`: DINOv2 weights (timm or torch-hub) into the backbone alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from eomt.checkpoints.dinov2 import BackboneReport, load_dinov2_backbone, resample_patch_embed
 from eomt.checkpoints.fit import FitReport
+from eomt.checkpoints.initialise import InitReport, init_from
 from eomt.checkpoints.hf import save_transformers
 from eomt.checkpoints.io import CheckpointError, save_torch
 from eomt.checkpoints.loader import load_model
@@ -32,6 +35,8 @@ __all__ = [
     "BackboneReport",
     "CheckpointError",
     "FitReport",
+    "InitReport",
+    "init_from",
     "load_dinov2_backbone",
     "load_model",
     "read_metadata",

@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -67,30 +67,12 @@ def load_dinov2_backbone(
 ) -> BackboneReport:
     """Load DINOv2 weights (a file, folder, hub id or state dict) into `model.backbone`.
 
-    Heads and queries keep their initialisation. Shapes that cannot be adapted (another width)
-    raise a `CheckpointError`; missing/unexpected keys are returned (and logged).
+    Heads and queries keep their initialisation. Weights of another width or depth, or that match
+    under `MIN_MATCHED` of the backbone's tensors, raise a `CheckpointError` naming the shapes;
+    other missing/unexpected keys are returned (and logged).
     """
     name, sd = _read(source, trust_pickle)
-    sd = _strip_prefix(sd)
-    hub_layout = "register_tokens" in sd or "mask_token" in sd or any(".mlp.w12." in k for k in sd)
-    pos = sd.get("pos_embed")
-    if pos is not None and square_grid(pos.shape[1]) is None and square_grid(pos.shape[1] - 1) is not None:
-        hub_layout = True  # cls position included
-    report = BackboneReport(layout="torch-hub" if hub_layout else "timm")
-    if hub_layout:
-        sd = _from_torch_hub(sd)
-    expected = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
-    sd = _adapt(sd, model, report)
-    report.unexpected = [k for k in sd if k not in expected]
-    report.missing = [k for k in expected if k not in sd]
-    bad = [f"{k} expected {tuple(expected[k].shape)} found {tuple(v.shape)}"
-           for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
-    if bad:
-        more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
-        raise CheckpointError(f"{name}: DINOv2 weights do not fit the backbone: {', '.join(bad[:4])}{more}")
-    fitting = {"backbone." + k: v for k, v in sd.items() if k in expected}
-    model.load_state_dict(fitting, strict=False)
-    report.loaded = len(fitting)
+    report = fit_dinov2(model, sd, name)
     log.info("%s: DINOv2 %s layout, %d backbone tensors loaded%s", name, report.layout, report.loaded,
              f"; resampled {', '.join(report.resampled)}" if report.resampled else "")
     if report.missing:
@@ -99,6 +81,71 @@ def load_dinov2_backbone(
     if report.unexpected:
         log.warning("%s: %d tensors ignored: %s", name, len(report.unexpected), ", ".join(report.unexpected[:4]))
     return report
+
+
+MIN_MATCHED = 0.9  # a DINOv2 file must fill at least this share of the backbone's tensors
+
+
+def looks_like_dinov2(sd: Mapping[str, Tensor]) -> bool:
+    """True for a ViT state dict with DINOv2 names (timm or torch-hub) and no EoMT heads."""
+    keys = list(_strip_prefix(dict(sd)))
+    return "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys) and not any(
+        "class_head" in k for k in keys
+    )
+
+
+def unwrap(obj: Any) -> Any:
+    """The weights inside a DINOv2 training checkpoint (`{"teacher": {...}}`, `{"model": {...}}`)."""
+    for key in ("teacher", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and "state_dict" not in obj:
+            obj = obj[key]
+    return obj
+
+
+def fit_dinov2(model: EoMT, source_sd: Mapping[str, Tensor], name: str) -> BackboneReport:
+    """Copy DINOv2 weights (timm or torch-hub names) into `model.backbone`; log nothing.
+
+    Raises `CheckpointError` (naming `name`) for another width or depth (the shapes / block
+    counts), or when under `MIN_MATCHED` of the backbone's tensors are found.
+    """
+    sd = _strip_prefix(dict(source_sd))
+    hub_layout = "register_tokens" in sd or "mask_token" in sd or any(".mlp.w12." in k for k in sd)
+    pos = sd.get("pos_embed")
+    if pos is not None and square_grid(pos.shape[1]) is None and square_grid(pos.shape[1] - 1) is not None:
+        hub_layout = True  # cls position included
+    report = BackboneReport(layout="torch-hub" if hub_layout else "timm")
+    if hub_layout:
+        sd = _from_torch_hub(sd)
+    expected = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    sd = _adapt(sd, model, report, name)
+    report.unexpected = [k for k in sd if k not in expected]
+    report.missing = [k for k in expected if k not in sd]
+    bad = [f"{k} expected {tuple(expected[k].shape)} found {tuple(v.shape)}"
+           for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    if bad:
+        more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
+        raise CheckpointError(f"{name}: DINOv2 weights do not fit the backbone: {', '.join(bad[:4])}{more}")
+    depth = _depth(sd)
+    if depth and depth != model.config.depth:
+        raise CheckpointError(
+            f"{name}: DINOv2 weights with {depth} blocks, the backbone has {model.config.depth} "
+            f"(model.depth={model.config.depth}); use the DINOv2 size the config names"
+        )
+    fitting = {"backbone." + k: v for k, v in sd.items() if k in expected}
+    if len(fitting) < MIN_MATCHED * len(expected):
+        sample = ", ".join(list(source_sd)[:3])
+        raise CheckpointError(
+            f"{name}: DINOv2 weights expected (backbone tensors such as blocks.0.attn.qkv.weight), but only "
+            f"{len(fitting)} of the backbone's {len(expected)} tensors were found (keys such as {sample})"
+        )
+    model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    return report
+
+
+def _depth(sd: StateDict) -> int:
+    blocks = [int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))]
+    return 1 + max(blocks) if blocks else 0
 
 
 def _read(source: str | Path | Mapping[str, Tensor], trust_pickle: bool) -> tuple[str, StateDict]:
@@ -117,10 +164,7 @@ def _read(source: str | Path | Mapping[str, Tensor], trust_pickle: bool) -> tupl
         sd, file = read_weights_in_folder(path, trust_pickle)
         return str(file), sd
     obj, _ = read_tensor_file(path, trust_pickle)
-    for key in ("teacher", "model"):  # DINOv2 training checkpoints nest the weights
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and "state_dict" not in obj:
-            obj = obj[key]
-    return str(path), as_state_dict(obj, path)
+    return str(path), as_state_dict(unwrap(obj), path)
 
 
 def _strip_prefix(sd: StateDict) -> StateDict:
@@ -147,7 +191,7 @@ def _from_torch_hub(sd: StateDict) -> StateDict:
     return out
 
 
-def _adapt(sd: StateDict, model: EoMT, report: BackboneReport) -> StateDict:
+def _adapt(sd: StateDict, model: EoMT, report: BackboneReport, name: str) -> StateDict:
     """Patch kernels to the model's patch size, position embedding to its grid."""
     p = model.config.patch_size
     w = sd.get("patch_embed.proj.weight")
@@ -159,7 +203,7 @@ def _adapt(sd: StateDict, model: EoMT, report: BackboneReport) -> StateDict:
     if pos is not None and pos.ndim == 3 and pos.shape[1] != grid[0] * grid[1]:
         old = square_grid(pos.shape[1])
         if old is None:
-            raise CheckpointError(f"DINOv2 pos_embed of {pos.shape[1]} tokens is not a square grid")
+            raise CheckpointError(f"{name}: DINOv2 pos_embed of {pos.shape[1]} tokens is not a square grid")
         sd["pos_embed"] = resize_pos_embed(pos, old, grid)
         report.resampled.append(f"pos_embed {old} -> {grid}")
     return sd

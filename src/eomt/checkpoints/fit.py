@@ -57,6 +57,88 @@ def square_grid(num_tokens: int) -> tuple[int, int] | None:
     return (g, g) if g * g == num_tokens else None
 
 
+def token_grid(
+    num_tokens: int,
+    *,
+    known: tuple[tuple[int, int] | None, ...] = (),
+    wanted: tuple[int, int] | None = None,
+) -> tuple[int, int] | None:
+    """The (h, w) grid a stored position embedding of `num_tokens` tokens was laid out on.
+
+    In order: the first `known` grid (from a config that describes the checkpoint) with h*w equal
+    to the count; the square grid; `wanted` (the grid of the size asked for) when it has that
+    count. None when nothing fits: the layout cannot be told from the count alone.
+    """
+    for grid in known:
+        if grid is not None and grid[0] * grid[1] == num_tokens:
+            return tuple(grid)  # type: ignore[return-value]
+    square = square_grid(num_tokens)
+    if square is not None:
+        if wanted is not None and tuple(wanted) != square and wanted[0] * wanted[1] == num_tokens:
+            log.warning(
+                "backbone.pos_embed of %d tokens: taken as the square grid %s, not %s; pass config= "
+                "with the size it was trained at if it was not square", num_tokens, square, tuple(wanted),
+            )
+        return square
+    if wanted is not None and wanted[0] * wanted[1] == num_tokens:
+        return tuple(wanted)  # type: ignore[return-value]
+    return None
+
+
+def grid_examples(num_tokens: int, patch: int, limit: int = 3) -> str:
+    """Image sizes (H, W) whose patch grid has `num_tokens` tokens, most square first: "(64, 96), ..."."""
+    pairs = [(h, num_tokens // h) for h in range(1, num_tokens + 1) if num_tokens % h == 0]
+    pairs.sort(key=lambda hw: (max(hw) / min(hw), hw[0] > hw[1]))
+    return ", ".join(f"({h * patch}, {w * patch})" for h, w in pairs[:limit])
+
+
+def plan_fit(
+    model: EoMT,
+    state_dict: StateDict,
+    *,
+    name: str,
+    load_class_head: bool = True,
+    resample_pos_embed: bool = False,
+    source_grid: tuple[int, int] | None = None,
+    skip: tuple[str, ...] = (),
+) -> tuple[FitReport, StateDict]:
+    """What `state_dict` (our key layout) would change in `model`, without changing it.
+
+    Returns the report and the tensors that fit (the position embedding already resized when
+    `resample_pos_embed`; `source_grid` is its stored (h, w), square when None). Keys starting
+    with an entry of `skip` (and the class head when not `load_class_head`) are left out and
+    listed in `report.skipped`.
+    """
+    expected = model.state_dict()
+    report = FitReport()
+    skip = skip + (() if load_class_head else ("class_head.",))
+    report.skipped = [k for k in expected if k.startswith(skip)] if skip else []
+    sd = {k: v for k, v in state_dict.items() if not (skip and k.startswith(skip))}
+    pos = sd.get("backbone.pos_embed")
+    want = expected["backbone.pos_embed"]
+    other_grid = pos is not None and pos.ndim == 3 and pos.shape[1:] != want.shape[1:]
+    other_grid = other_grid and pos.shape[2] == want.shape[2]  # same width, other token count
+    if resample_pos_embed and other_grid:
+        grid = source_grid or square_grid(pos.shape[1])
+        if grid is None or grid[0] * grid[1] != pos.shape[1]:
+            raise CheckpointError(
+                f"{name}: cannot resample backbone.pos_embed of {pos.shape[1]} tokens to the grid "
+                f"{tuple(model.backbone.grid_size)}: the stored grid is not square and no config names it "
+                f"(trained at one of {grid_examples(pos.shape[1], model.config.patch_size)}, ...?)"
+            )
+        sd["backbone.pos_embed"] = resize_pos_embed(pos, grid, model.backbone.grid_size)
+        report.resampled.append(f"backbone.pos_embed {tuple(grid)} -> {tuple(model.backbone.grid_size)}")
+    report.missing = [k for k in expected if k not in sd and k not in report.skipped]
+    report.unexpected = [k for k in sd if k not in expected]
+    report.mismatched = [
+        (k, tuple(expected[k].shape), tuple(v.shape))
+        for k, v in sd.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    bad = {k for k, _, _ in report.mismatched}
+    return report, {k: v for k, v in sd.items() if k in expected and k not in bad}
+
+
 def load_into(
     model: EoMT,
     state_dict: StateDict,
@@ -71,51 +153,25 @@ def load_into(
 
     The class head is skipped when `load_class_head` is False (it keeps its fresh initialisation).
     A position embedding of another grid is resized bicubically when `resample_pos_embed`
-    (`source_grid` is its (h, w); square when None). With `strict`, any missing or unexpected key
-    or shape misfit raises one `CheckpointError` listing them; otherwise they are logged and skipped.
+    (`source_grid` is its stored (h, w); square when None). With `strict`, any missing or
+    unexpected key or shape misfit raises one `CheckpointError` listing them; otherwise they are
+    logged and skipped. The caller reports resamples and skips (`FitReport`).
     """
-    expected = model.state_dict()
-    sd = dict(state_dict)
-    report = FitReport()
-    if not load_class_head:
-        report.skipped = [k for k in expected if k.startswith("class_head.")]
-        for k in [k for k in sd if k.startswith("class_head.")]:
-            del sd[k]
-    pos = sd.get("backbone.pos_embed")
-    want = expected["backbone.pos_embed"]
-    other_grid = pos is not None and pos.ndim == 3 and pos.shape[1:] != want.shape[1:]
-    other_grid = other_grid and pos.shape[2] == want.shape[2]  # same width, other token count
-    if resample_pos_embed and other_grid:
-        grid = source_grid or square_grid(pos.shape[1])
-        if grid is None or grid[0] * grid[1] != pos.shape[1]:
-            raise CheckpointError(
-                f"{name}: cannot resample backbone.pos_embed of {pos.shape[1]} tokens (not a known grid)"
-            )
-        sd["backbone.pos_embed"] = resize_pos_embed(pos, grid, model.backbone.grid_size)
-        report.resampled.append(f"backbone.pos_embed {grid} -> {model.backbone.grid_size}")
-    report.missing = [k for k in expected if k not in sd and k not in report.skipped]
-    report.unexpected = [k for k in sd if k not in expected]
-    report.mismatched = [
-        (k, tuple(expected[k].shape), tuple(v.shape))
-        for k, v in sd.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    report, fitting = plan_fit(
+        model, state_dict, name=name, load_class_head=load_class_head,
+        resample_pos_embed=resample_pos_embed, source_grid=source_grid,
+    )
     if not report.ok:
-        message = f"{name} does not fit the model ({_model_name(model)}): {report.describe()}{_hints(report)}"
+        message = f"{name} does not fit the model ({model_name(model)}): {report.describe()}{_hints(report)}"
         if strict:
             raise CheckpointError(message)
         log.warning("%s; loading the rest (strict=False)", message)
-    bad = {k for k, _, _ in report.mismatched}
-    fitting = {k: v for k, v in sd.items() if k in expected and k not in bad}
     model.load_state_dict(fitting, strict=False)  # the post-hook re-syncs the masked-attention flags
-    for line in report.resampled:
-        log.info("%s: resampled %s", name, line)
-    if report.skipped:
-        log.info("%s: class head not loaded (fresh, %d outputs)", name, model.config.num_classes + 1)
     return report
 
 
-def _model_name(model: EoMT) -> str:
+def model_name(model: EoMT) -> str:
+    """One line: the model's name and the shapes that decide what loads into it."""
     c = model.config
     label = f"{c.name}: " if c.name else ""
     return (

@@ -168,7 +168,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """config.json content for `EomtForUniversalSegmentation.from_pretrained`."""
     h, w = cfg.img_size
     if h != w:
-        raise CheckpointError(f"model.img_size: transformers EoMT needs a square size, found {(h, w)}")
+        raise CheckpointError(
+            f"model.img_size: transformers EoMT needs a square size (one image_size for both sides), found "
+            f"{(h, w)}; save a non-square model with save_model or save_official"
+        )
     if float(cfg.mlp_ratio) != int(cfg.mlp_ratio):
         raise CheckpointError(f"model.mlp_ratio: transformers EoMT needs an integer, found {cfg.mlp_ratio}")
     names = cfg.class_names or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))

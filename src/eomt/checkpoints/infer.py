@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-from eomt.checkpoints.fit import square_grid
+from eomt.checkpoints.fit import grid_examples, token_grid
 from eomt.checkpoints.io import CheckpointError, StateDict
 from eomt.config import PRESET_NAMES, SIZES, ModelConfig, preset
 
@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 _BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.")
 
 
-def infer_config(sd: StateDict, name: str) -> ModelConfig:
-    """A generic `ModelConfig` that fits the shapes of `sd` (our key layout)."""
+def infer_config(sd: StateDict, name: str, img_size: tuple[int, int] | None = None) -> ModelConfig:
+    """A generic `ModelConfig` that fits the shapes of `sd` (our key layout).
+
+    The stored token grid is square when the position embedding's token count is a square;
+    otherwise `img_size` (H, W) must name it (its patch grid has that count). A count that neither
+    explains raises `CheckpointError` with image sizes that would.
+    """
     needed = ("backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.weight", "q.weight",
               "class_head.weight", "backbone.blocks.0.mlp.fc1.weight", "backbone.blocks.0.mlp.fc2.weight")
     absent = [k for k in needed if k not in sd]
@@ -31,10 +36,13 @@ def infer_config(sd: StateDict, name: str) -> ModelConfig:
     depth = 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK.match(k)))
     patch = sd["backbone.patch_embed.proj.weight"].shape[-1]
     n = sd["backbone.pos_embed"].shape[1]
-    grid = square_grid(n)
+    wanted = (img_size[0] // patch, img_size[1] // patch) if img_size is not None else None
+    grid = token_grid(n, wanted=wanted)
     if grid is None:
+        given = f" nor the {wanted[0]}x{wanted[1]} grid of img_size={tuple(img_size)}" if wanted else ""
         raise CheckpointError(
-            f"{name}: backbone.pos_embed has {n} tokens, not a square grid; pass config= or img_size="
+            f"{name}: backbone.pos_embed has {n} tokens, not a square grid{given}; pass img_size=(H, W) "
+            f"of the size it was trained at (one of {grid_examples(n, patch)}, ...) or config="
         )
     fc1 = sd["backbone.blocks.0.mlp.fc1.weight"].shape[0]
     hidden = sd["backbone.blocks.0.mlp.fc2.weight"].shape[1]

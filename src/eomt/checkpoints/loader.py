@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from eomt.checkpoints import hf, official
-from eomt.checkpoints.fit import load_into
+from eomt.checkpoints import dinov2, hf, official
+from eomt.checkpoints.fit import load_into, token_grid
 from eomt.checkpoints.hub import download, looks_like_hub_id
 from eomt.checkpoints.infer import infer_config, preset_from_repo, with_label_space
 from eomt.checkpoints.io import (
@@ -40,13 +40,36 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Source:
-    """A checkpoint read into our key layout, with the config it carries (if any)."""
+class Source:
+    """A checkpoint read into our key layout, with the config it carries (if any).
+
+    `family` is "eomt" (any EoMT layout, converted to ours) or "dinov2" (backbone weights, left in
+    their own timm / torch-hub names for `dinov2.fit_dinov2`).
+    """
 
     name: str
     kind: str
     state_dict: StateDict
     config: ModelConfig | None = None
+    family: str = "eomt"
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the stored class head (its rows minus the no-object row), None without one."""
+        w = self.state_dict.get("class_head.weight") if self.family == "eomt" else None
+        return None if w is None else w.shape[0] - 1
+
+    def grid(self, base: ModelConfig | None = None, wanted: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """The (h, w) token grid of the stored position embedding (see `fit.token_grid`).
+
+        The checkpoint's own config decides first, then `base` (a config the caller says
+        describes it), then a square count, then `wanted` (the grid asked for).
+        """
+        pos = self.state_dict.get("backbone.pos_embed")
+        if pos is None or pos.ndim != 3:
+            return None
+        known = (self.config.grid_size if self.config else None, base.grid_size if base else None)
+        return token_grid(pos.shape[1], known=known, wanted=wanted)
 
 
 def load_model(
@@ -66,36 +89,63 @@ def load_model(
     The config is, in order: `config`, the named `preset`, the one stored in the checkpoint, or one
     inferred from the shapes (label space from the matching paper preset). `num_classes=N` (N
     different from the checkpoint's) or `load_class_head=False` loads all but the class head,
-    which is freshly initialised with N+1 outputs. `img_size` (int or (H, W)) resamples the
-    position embedding bicubically; without it the checkpoint's grid defines the input size.
-    Anything that does not fit raises `CheckpointError` listing it (with `strict=False` it is
-    logged and skipped). Returns the model in eval mode on `map_location`.
+    which is freshly initialised with N+1 outputs. `img_size` (int or (H, W)) is the model's input
+    size: the position embedding is resampled bicubically from the stored grid when they differ.
+    The stored grid comes from the checkpoint's config, else `config`/`preset`, else it is square,
+    else it is the grid of `img_size` (so a non-square checkpoint without a config loads with
+    `img_size=` its training size). Anything that does not fit raises `CheckpointError` listing it
+    (with `strict=False` it is logged and skipped). Returns the model in eval mode on `map_location`.
     """
     if preset is not None and config is not None:
         raise ValueError("load_model: pass preset= or config=, not both")
-    src = _read(source, trust_pickle)
+    src = read_source(source, trust_pickle)
+    if src.family == "dinov2":
+        raise CheckpointError(
+            f"{src.name}: DINOv2 backbone weights without EoMT heads; to start training from them use "
+            "train.init= or init_from(model, ...) (load_dinov2_backbone for the backbone alone)"
+        )
+    size = _pair(img_size)
     hint = preset_from_repo(str(source))  # hub repo or folder named like a preset
-    cfg = _choose_config(src, preset, config, hint)
-    found_classes = _checkpoint_classes(src.state_dict)
+    cfg = _choose_config(src, preset, config, hint, size)
+    grid = src.grid(cfg if (config or preset) else None, _grid_of(size, cfg.patch_size))
+    found_classes = src.num_classes
     if num_classes is not None and num_classes != cfg.num_classes:
         cfg = cfg.replace(num_classes=num_classes, class_names=(), stuff_classes=())
-    if img_size is not None:
-        cfg = cfg.replace(img_size=(img_size, img_size) if isinstance(img_size, int) else tuple(img_size))
+    if size is not None:
+        cfg = cfg.replace(img_size=size)
     head = load_class_head and not (num_classes is not None and found_classes not in (None, num_classes))
     model = EoMT(cfg)
-    load_into(
+    report = load_into(
         model, src.state_dict, name=src.name, strict=strict, load_class_head=head,
-        resample_pos_embed=img_size is not None, source_grid=_source_grid(src),
+        resample_pos_embed=size is not None, source_grid=grid,
     )
+    events = [f"resampled {r}" for r in report.resampled]
+    if report.skipped:
+        events.append(f"class head not loaded (fresh, {cfg.num_classes + 1} outputs)")
     log.info(
-        "loaded %s (%s): %s, %d classes, img_size %s, attn_mask_probs %s",
+        "loaded %s (%s): %s, %d classes, img_size %s, attn_mask_probs %s%s",
         src.name, src.kind, cfg.name or "custom config", cfg.num_classes, tuple(cfg.img_size),
-        [round(p, 4) for p in model.attn_mask_probs.tolist()],
+        [round(p, 4) for p in model.attn_mask_probs.tolist()], "".join(f"; {e}" for e in events),
     )
     return model.to(map_location).eval()
 
 
-def _read(source: str | Path, trust_pickle: bool) -> _Source:
+def _pair(img_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if img_size is None:
+        return None
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+def _grid_of(size: tuple[int, int] | None, patch: int) -> tuple[int, int] | None:
+    return None if size is None else (size[0] // patch, size[1] // patch)
+
+
+def read_source(source: str | Path, trust_pickle: bool = False) -> Source:
+    """Read a checkpoint file, folder or hub id and tell its layout (`Source.kind`) apart.
+
+    Any EoMT layout is converted to ours; DINOv2 backbone weights come back as `family="dinov2"`.
+    Raises `CheckpointError` naming the file for anything unreadable or of no known layout.
+    """
     path = Path(source)
     if not path.exists():
         if not looks_like_hub_id(str(source)):
@@ -104,56 +154,47 @@ def _read(source: str | Path, trust_pickle: bool) -> _Source:
     if path.is_dir():
         file = find_weight_file(path)
         if not file.name.endswith(".index.json"):
-            return _read(file, trust_pickle)  # single file: same rules as when named directly
+            return read_source(file, trust_pickle)  # single file: same rules as when named directly
         return _classify(read_sharded(file, trust_pickle), str(file), folder=path, ckpt=None)
     obj, meta = read_tensor_file(path, trust_pickle)
     if is_native(meta):
         cfg, _ = config_from_metadata(meta, str(path))
-        return _Source(str(path), "eomt checkpoint", obj, cfg)
-    return _classify(as_state_dict(obj, path), str(path), folder=path.parent, ckpt=obj)
+        return Source(str(path), "eomt checkpoint", obj, cfg)
+    return _classify(as_state_dict(dinov2.unwrap(obj), path), str(path), folder=path.parent, ckpt=obj)
 
 
-def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> _Source:
+def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> Source:
     """Tell the key layout apart and convert to ours."""
     if official.is_official_layout(sd):
         ours = official.from_official(sd, name)
         cfg = config_from_lightning(ckpt, name)
         if cfg is not None:
-            return _Source(name, "eomt Lightning checkpoint", ours, cfg)
+            return Source(name, "eomt Lightning checkpoint", ours, cfg)
         released = any(k.startswith(official.PREFIX + official.BACKBONE) for k in sd)
         layout = "official EoMT release" if released else "EoMT Lightning state dict"
-        return _Source(name, layout + " (network.* keys)", ours)
+        return Source(name, layout + " (network.* keys)", ours)
     if hf.is_hf_layout(sd):
         cfg = hf.read_hf_config(folder)
-        return _Source(name, "transformers EoMT", hf.from_hf(sd, cfg.swiglu, name), cfg)
+        return Source(name, "transformers EoMT", hf.from_hf(sd, cfg.swiglu, name), cfg)
     if "backbone.patch_embed.proj.weight" in sd:
-        return _Source(name, "eomt state dict", sd)
-    if any(k.endswith("patch_embed.proj.weight") for k in sd) and not any("class_head" in k for k in sd):
-        raise CheckpointError(
-            f"{name}: DINOv2 backbone weights without EoMT heads; use load_dinov2_backbone(model, ...) "
-            "to start training from them"
-        )
+        return Source(name, "eomt state dict", sd)
+    if dinov2.looks_like_dinov2(sd):
+        return Source(name, "DINOv2 weights", sd, family="dinov2")
     sample = ", ".join(list(sd)[:3])
-    raise CheckpointError(f"{name}: not an EoMT checkpoint (keys such as {sample} match no known layout)")
+    raise CheckpointError(
+        f"{name}: no known checkpoint layout: expected EoMT weights (ours, official network.*, transformers, "
+        f"or a bare state dict with backbone.patch_embed.proj.weight) or DINOv2 backbone weights "
+        f"(patch_embed.proj.weight, blocks.N.*); found {len(sd)} tensors with keys such as {sample}"
+    )
 
 
-def _choose_config(src: _Source, preset: str | None, config: ModelConfig | None, hint: str | None) -> ModelConfig:
+def _choose_config(
+    src: Source, preset: str | None, config: ModelConfig | None, hint: str | None, size: tuple[int, int] | None
+) -> ModelConfig:
     if config is not None:
         return config
     if preset is not None:
         return get_preset(preset)
     if src.config is not None:
         return src.config
-    return with_label_space(infer_config(src.state_dict, src.name), hint)
-
-
-def _checkpoint_classes(sd: StateDict) -> int | None:
-    w = sd.get("class_head.weight")
-    return None if w is None else w.shape[0] - 1
-
-
-def _source_grid(src: _Source) -> tuple[int, int] | None:
-    """The (h, w) token grid of the stored position embedding when the checkpoint says it."""
-    if src.config is None:
-        return None  # square, inferred from the token count
-    return src.config.grid_size
+    return with_label_space(infer_config(src.state_dict, src.name, img_size=size), hint)
