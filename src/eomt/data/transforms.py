@@ -146,7 +146,8 @@ def _chance(p: float, g: torch.Generator | None) -> bool:
 class TrainTransform:
     """(image, Target) -> (image uint8 (3, h, w), Target) with (h, w) = img_size.
 
-    image: uint8 tensor (3, H, W) or numpy (H, W, 3); target masks (N, H, W) bool.
+    image: uint8 tensor (3, H, W) or numpy (H, W, 3); target masks (N, H, W) bool. N = 0 (an image
+    whose pixels are all unlabelled) is valid: the crop comes back with masks (0, h, w), no retry.
     scale_range: the factor range of scale jitter relative to fitting the image in img_size
     ((0.1, 2.0) = large-scale jitter; (0.5, 2.0) the "normal" one).
     seed: when set, calls without a generator draw from a private generator seeded with `seed`
