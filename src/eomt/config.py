@@ -416,23 +416,22 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 
 def load_experiment(source: str, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment file (or a preset name) and apply `key=value` overrides."""
-    import os
+    """Load an experiment and apply `key=value` overrides.
 
+    `source` is a YAML file, a bundled config name (`coco/panoptic/eomt_large_640`) or a preset name
+    (the bundled config that reproduces it); see `eomt.config_files.resolve_config`.
+    """
     import yaml
 
-    if os.path.exists(source):
-        try:
-            with open(source, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a mapping with model/data/train sections")
-    elif source.endswith((".yaml", ".yml")):
-        raise FileNotFoundError(f"{source}: config file not found")
-    else:
-        raw = {"model": {"preset": source}}
+    from eomt.config_files import resolve_config  # imports this module: resolved at call time
+
+    path = resolve_config(source)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with model/data/train sections")
     raw = apply_overrides(raw, overrides or [])
     try:
         return ExperimentConfig.from_dict(raw)

@@ -8,7 +8,12 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="a YAML file from configs/ or a preset name")
+    p.add_argument(
+        "config",
+        help="a YAML file; a bundled config by name, e.g. coco/panoptic/eomt_large_640 (its checkout path "
+        "configs/coco/panoptic/eomt_large_640.yaml works from any folder); or a preset, e.g. "
+        "coco_panoptic_eomt_large_640, meaning the bundled config that reproduces it. `eomt configs` lists them",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--checkpoint", required=True, help="model to evaluate: any source `eomt predict` accepts")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")

@@ -8,7 +8,12 @@ import yaml
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="a YAML file from configs/ or a preset name (eomt configs lists them)")
+    p.add_argument(
+        "config",
+        help="a YAML file; a bundled config by name, e.g. coco/panoptic/eomt_large_640 (its checkout path "
+        "configs/coco/panoptic/eomt_large_640.yaml works from any folder); or a preset, e.g. "
+        "coco_panoptic_eomt_large_640, meaning the bundled config that reproduces it. `eomt configs` lists them",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 data.batch_size=4")
     p.add_argument(
         "--resume", default="auto",
