@@ -9,7 +9,12 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     c = sub.add_parser("check", help="validate a dataset (missing files, unknown ids, empty images, ...)")
-    c.add_argument("source", help="a training config (YAML or preset) or a dataset format name")
+    c.add_argument(
+        "source",
+        help="a config: a YAML file, a bundled config (custom/coco_panoptic) or a preset "
+        "(coco_panoptic_eomt_large_640), as `eomt train` takes; or a dataset format name "
+        "(coco_panoptic_json, semantic_folder, ...) with --root",
+    )
     c.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
     c.add_argument("--root", default=None, help="dataset folder (with a format name)")
     c.add_argument("--split", default=None, help="split to check (default: the config's train split, or 'train')")
@@ -38,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> dict:
-    import os
+    import difflib
 
-    from eomt.config import _parse_value, load_experiment
+    from eomt.config import ConfigError, _parse_value, load_experiment
+    from eomt.config_files import find_config, suggestions
+    from eomt.data.registry import FORMATS, _resolve_name
 
     options = {}
     for item in args.option:
@@ -48,10 +55,32 @@ def _spec(args: argparse.Namespace) -> dict:
         if not sep:
             raise ValueError(f"--option {item!r}: expected KEY=VALUE")
         options[key] = _parse_value(value)
-    if os.path.exists(args.source) or args.source.endswith((".yaml", ".yml")):
+    # A file, a bundled config or a preset is a config (resolved as `eomt train` resolves it); a
+    # format name is a format; anything else is answered with the closest names of both kinds.
+    if find_config(args.source) is not None:
         cfg = load_experiment(args.source, args.overrides)
         split = args.split or cfg.data.train_split
+        # Options named `<split>_<key>` apply to that split only, as in training (EoMTDataModule.build).
+        kwargs: dict = {}
+        for key, value in cfg.data.kwargs.items():
+            prefix, _, rest = key.partition("_")
+            if prefix in (cfg.data.train_split, cfg.data.val_split) and rest:
+                if prefix == split:
+                    kwargs[rest] = value
+            else:
+                kwargs.setdefault(key, value)
         return {"format": cfg.data.dataset, "root": args.root or cfg.data.root, "split": split,
-                "task": cfg.model.task, **cfg.data.kwargs, **options}
+                "task": cfg.model.task, **kwargs, **options}
+    try:
+        _resolve_name(args.source, args.task)
+    except ConfigError:
+        forms = {f: f for f in FORMATS}
+        forms.update({s: s for s in suggestions(args.source, n=5)})
+        close = difflib.get_close_matches(args.source.lower(), list(forms), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"{args.source}: not a config file, bundled config, preset or dataset format{hint} "
+            f"(`eomt configs` lists the configs; formats: {', '.join(FORMATS)})"
+        ) from None
     return {"format": args.source, "root": args.root or ".", "split": args.split or "train",
             **({"task": args.task} if args.task else {}), **options}
