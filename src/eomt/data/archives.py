@@ -117,8 +117,14 @@ class Source:
     def read_image_framed(self, member: str) -> tuple[np.ndarray, ImageFrame]:
         """(H, W, 3) uint8 RGB as `read_image`, and the frame its annotations are checked against."""
         img = self._open_image(member)
-        frame = ImageFrame((img.height, img.width), exif_orientation(img))
+        frame = self._frame(img, member)  # first: a bad EXIF block is a DatasetError naming the file
         return to_rgb(img), frame
+
+    def _frame(self, img: Image.Image, member: str) -> ImageFrame:
+        try:
+            return ImageFrame((img.height, img.width), exif_orientation(img))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DatasetError(f"{self.where(member)}: unreadable EXIF data ({e})") from None
 
     def read_png(self, member: str) -> np.ndarray:
         """Raw stored values: (H, W) for L/P/I;16 (palette indices, not colours), (H, W, C) else."""
@@ -128,11 +134,10 @@ class Source:
         """Stored size and EXIF orientation from the header; `decode` also decodes the pixels
         (so a truncated file is an error here). Raises DatasetError naming the file."""
         if decode:
-            img = self._open_image(member)
-            return ImageFrame((img.height, img.width), exif_orientation(img))
+            return self._frame(self._open_image(member), member)
         try:
             with Image.open(io.BytesIO(self.read_bytes(member))) as img:
-                return ImageFrame((img.height, img.width), exif_orientation(img))
+                return self._frame(img, member)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
 
