@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eomt: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
-        # Boundary errors carry a one-line message naming the file or field.
+    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError) as e:
+        # Boundary errors (and a diverged training run) carry a one-line message naming the
+        # file, field or step.
         if args.verbose:
             raise
         print(f"eomt {args.verb}: error: {e}", file=sys.stderr)

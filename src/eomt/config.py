@@ -53,6 +53,9 @@ class ModelConfig:
     task: str = "panoptic"
     class_names: tuple[str, ...] = ()
     stuff_classes: tuple[int, ...] = ()  # class ids (0-based) that are stuff; the rest are things
+    # The dataset's own category id of each class (e.g. COCO's 1..200 with gaps); () = 0..C-1.
+    # Results files (COCO JSON) are written with these ids.
+    category_ids: tuple[int, ...] = ()
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -62,6 +65,9 @@ class ModelConfig:
                 f"model.img_size: {tuple(self.img_size)} must be a multiple of the patch size "
                 f"{self.patch_size} on both sides"
             )
+        for key in ("num_queries", "num_classes", "embed_dim", "depth", "num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: {getattr(self, key)} must be >= 1")
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"model.embed_dim: {self.embed_dim} is not divisible by num_heads={self.num_heads}"
@@ -77,6 +83,12 @@ class ModelConfig:
         bad = [s for s in self.stuff_classes if not 0 <= s < self.num_classes]
         if bad:
             raise ConfigError(f"model.stuff_classes: ids {bad} outside [0, {self.num_classes})")
+        if self.category_ids and len(self.category_ids) != self.num_classes:
+            raise ConfigError(
+                f"model.category_ids: {len(self.category_ids)} ids for num_classes={self.num_classes}"
+            )
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise ConfigError("model.category_ids: ids repeated; expected one distinct id per class")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -105,6 +117,7 @@ class ModelConfig:
         d["img_size"] = list(self.img_size)
         d["class_names"] = list(self.class_names)
         d["stuff_classes"] = list(self.stuff_classes)
+        d["category_ids"] = list(self.category_ids)
         return d
 
     @classmethod
@@ -162,6 +175,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if t == "float":
             return float(value)
         if t == "str":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)  # `train.precision=32` arrives as a YAML number
             if not isinstance(value, str):
                 raise TypeError
             return value
@@ -294,11 +309,20 @@ class TrainConfig:
 
     epochs: int = 12
     max_steps: int = -1  # > 0 overrides epochs
-    lr: float = 1e-4
+    lr: float = 1e-4  # at the reference total batch `lr_reference_batch` (see lr_scaling)
+    # How the LR follows the total batch (batch_size x devices x nodes): "none" (lr as given),
+    # "linear" (lr * B / B_ref, Goyal et al. 2017) or "sqrt" (lr * sqrt(B / B_ref), the rule for
+    # adaptive optimisers such as AdamW, Malladi et al. 2022). B_ref = 16, the paper's total batch.
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 16
     weight_decay: float = 0.05
     llrd: float = 0.8
     llrd_l2_enabled: bool = True
     warmup_steps: tuple[int, int] = (500, 1000)  # heads alone, then the ViT
+    # The same two warm-up stages as fractions of the total steps (overrides warmup_steps), so a
+    # schedule scales with the data: e.g. (0.05, 0.1).
+    warmup_fraction: tuple[float, ...] = ()
+    freeze_backbone: bool = False  # train only the queries, the mask module and the heads
     poly_power: float = 0.9
     mask_annealing: bool = True
     # Per-block annealing windows as fractions of training ((start, end), ...); () = the official
@@ -325,6 +349,7 @@ class TrainConfig:
     checkpoint_every_n_steps: int = 500
     log_every_n_steps: int = 10
     out_dir: str = "runs/eomt"
+    data_check: bool = True  # check the train and val data before the first step (cached)
     init: str = ""  # DINOv2 backbone weights or an EoMT checkpoint to start from
     load_class_head: bool = True
     # Post-processing thresholds used by validation (official: 0.8 / 0.8).
@@ -332,24 +357,147 @@ class TrainConfig:
     overlap_threshold: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.precision not in ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true"):
-            raise ConfigError(
-                _unknown("train.precision", self.precision, ("bf16-mixed", "16-mixed", "32-true"))
-            )
-        for key in ("lr", "grad_clip"):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(_unknown("train.precision", self.precision, PRECISIONS))
+        if self.lr_scaling not in ("none", "linear", "sqrt"):
+            raise ConfigError(_unknown("train.lr_scaling", self.lr_scaling, ("none", "linear", "sqrt")))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name}: {value} is not a finite number")
+        for key in ("lr", "grad_clip", "weight_decay", "no_object_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 0")
+        if self.lr == 0:
+            raise ConfigError("train.lr: 0 trains nothing; expected a learning rate > 0 (e.g. 1e-4)")
+        for key in ("num_points", "log_every_n_steps", "num_nodes", "lr_reference_batch", "val_every_n_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 1")
+        for key in ("checkpoint_every_n_steps", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 0 (0 = {_ZERO_MEANS[key]})")
+        if any(w < 0 for w in self.warmup_steps):
+            raise ConfigError(f"train.warmup_steps: {self.warmup_steps} must be >= 0")
+        if self.warmup_fraction and (
+            len(self.warmup_fraction) != 2 or not all(0 <= f <= 1 for f in self.warmup_fraction)
+            or sum(self.warmup_fraction) > 1
+        ):
+            raise ConfigError(
+                f"train.warmup_fraction: {self.warmup_fraction}; expected two fractions of the total steps "
+                "(heads, then backbone) in [0, 1] that sum to <= 1, e.g. [0.05, 0.1]"
+            )
+        if not 0 <= self.oversample_ratio or not 0 <= self.importance_sample_ratio <= 1:
+            raise ConfigError("train.importance_sample_ratio: must be in [0, 1] (oversample_ratio >= 0)")
+        for start, end in self.anneal_windows:
+            if not 0 <= start <= end <= 1:
+                raise ConfigError(f"train.anneal_windows: ({start}, {end}) must satisfy 0 <= start <= end <= 1")
         if self.epochs < 1 and self.max_steps < 1:
             raise ConfigError("train.epochs: must be >= 1 unless train.max_steps is set")
+        parse_devices(self.devices)
+
+    def warmup(self, total_steps: int) -> tuple[int, int]:
+        """The two warm-up stages in optimizer steps (heads alone, then the ViT) for a run of
+        `total_steps`: `warmup_fraction` of it when set, else `warmup_steps`."""
+        if self.warmup_fraction:
+            return tuple(int(round(f * total_steps)) for f in self.warmup_fraction)  # type: ignore[return-value]
+        return tuple(self.warmup_steps)  # type: ignore[return-value]
+
+    def scaled_lr(self, total_batch: int) -> float:
+        """`lr` under `lr_scaling` for a total batch (per-device batch x devices x nodes)."""
+        ratio = total_batch / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+
+
+PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true")
+_ZERO_MEANS = {"checkpoint_every_n_steps": "only at the end of each epoch and of training",
+               "threads": "torch's default"}
+
+
+def parse_devices(text: str) -> Any:
+    """Lightning's device syntax: "auto", a count ("4") or a list of indices ("0,1"); else ConfigError."""
+    text = str(text).strip()
+    if text == "auto":
+        return "auto"
+    try:
+        if "," in text:
+            ids = [int(x) for x in text.split(",") if x.strip()]
+            if not ids or min(ids) < 0:
+                raise ValueError
+            return ids
+        count = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"train.devices: {text!r} is not a device count or list; expected e.g. 1, 4, \"0,1\" or auto"
+        ) from None
+    if count < 1 and count != -1:
+        raise ConfigError(f"train.devices: {count} must be >= 1 (or -1 / auto for all)")
+    return count
+
+
+LABEL_KEYS = ("num_classes", "class_names", "stuff_classes", "category_ids")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A full training run: the network, its data and its recipe."""
+    """A full training run: the network, its data and its recipe.
+
+    `labels_set`: which of `model.num_classes / class_names / stuff_classes / category_ids` the
+    config file and overrides set (a preset's label space does not count; None: only the class
+    names, if any). `resolve_labels` takes every other label key from the dataset before training,
+    evaluation or a data check; the keys the config does set must agree with the dataset.
+    """
 
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    labels_set: tuple[str, ...] | None = None
+    name_from_run: bool = False  # the config names no model: it is named after the run folder
+
+    @property
+    def labels_from_dataset(self) -> bool:
+        """The config sets no label key: the whole label space is the dataset's."""
+        return not self.labels_set if self.labels_set is not None else not self.model.class_names
+
+    def resolve_labels(self, class_names: Any, stuff_classes: Any = (), category_ids: Any = (),
+                       source: str = "the dataset") -> "ExperimentConfig":
+        """This config with the label space of `source` (a dataset): names, count, stuff ids and
+        the dataset's category ids. Raises ConfigError naming the key when the config sets a label
+        key that disagrees with the dataset."""
+        names = tuple(str(n) for n in class_names)
+        stuff = tuple(int(c) for c in stuff_classes)
+        ids = tuple(int(i) for i in category_ids) if category_ids else ()
+        if ids == tuple(range(len(names))):
+            ids = ()
+        m = self.model
+        explicit = set(self.labels_set if self.labels_set is not None else
+                       (LABEL_KEYS if m.class_names else ()))
+        if explicit:
+            if m.num_classes != len(names):
+                raise ConfigError(
+                    f"model.num_classes: {m.num_classes} in the config, but {source} has {len(names)} classes; "
+                    "remove the model's class keys (num_classes, class_names, stuff_classes) to take them from the data"
+                )
+            if m.class_names and tuple(m.class_names) != names:
+                diff = next(i for i, (a, b) in enumerate(zip(m.class_names, names)) if a != b)
+                raise ConfigError(
+                    f"model.class_names: class {diff} is {m.class_names[diff]!r} in the config but "
+                    f"{names[diff]!r} in {source}"
+                )
+            if m.category_ids and ids and tuple(m.category_ids) != ids:
+                raise ConfigError(f"model.category_ids: {list(m.category_ids)} in the config, {list(ids)} in {source}")
+            if "stuff_classes" in explicit and tuple(m.stuff_classes) != stuff:
+                raise ConfigError(
+                    f"model.stuff_classes: {list(m.stuff_classes)} in the config, {list(stuff)} in {source}"
+                )
+        # What the config leaves open comes from the data.
+        model = m.replace(
+            num_classes=len(names), class_names=names,
+            stuff_classes=m.stuff_classes if "stuff_classes" in explicit else stuff,
+            category_ids=m.category_ids if "category_ids" in explicit else ids,
+        )
+        if self.name_from_run:
+            model = model.replace(name=_run_name(self.train.out_dir))
+        return dataclasses.replace(self, model=model, labels_set=LABEL_KEYS, name_from_run=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self.data)
@@ -357,6 +505,7 @@ class ExperimentConfig:
         data["scale_range"] = list(self.data.scale_range)
         train = dataclasses.asdict(self.train)
         train["warmup_steps"] = list(self.train.warmup_steps)
+        train["warmup_fraction"] = list(self.train.warmup_fraction)
         train["anneal_windows"] = [list(w) for w in self.train.anneal_windows]
         return {"model": self.model.to_dict(), "data": data, "train": train}
 
@@ -368,6 +517,14 @@ class ExperimentConfig:
             raise ConfigError(_unknown("config", key, ("model", "data", "train")).replace("value", "section"))
         model = dict(d.get("model", {}))
         base = preset(model.pop("preset")).to_dict() if "preset" in model else {}
+        # Empty lists (`class_names: []`) leave the key to the dataset, as an absent key does. A
+        # preset's label space is one unit: it is dropped as soon as the config sets any label key.
+        labels_set = tuple(k for k in LABEL_KEYS if model.get(k) not in (None, [], ()))
+        for key in LABEL_KEYS:
+            if model.get(key) in (None, [], ()):
+                model.pop(key, None)
+                if labels_set:
+                    base.pop(key, None)
         data = dict(d.get("data", {}))
         if "options" in data:
             opts = data["options"] or {}
@@ -383,7 +540,15 @@ class ExperimentConfig:
             model=from_dict(ModelConfig, {**base, **model}, "model"),
             data=from_dict(DataConfig, data, "data"),
             train=from_dict(TrainConfig, train, "train"),
+            labels_set=labels_set,
+            name_from_run=not model.get("name"),
         )
+
+
+def _run_name(out_dir: str) -> str:
+    import os
+
+    return os.path.basename(os.path.normpath(out_dir)) or "eomt"
 
 
 def _parse_value(text: str) -> Any:
