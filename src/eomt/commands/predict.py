@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
     parser.add_argument("--category-ids", type=Path, default=None,
-                        help="JSON list mapping class index -> dataset category id for the JSON outputs")
+                        help="JSON list mapping class index -> dataset category id for the JSON outputs "
+                             "(default: the ids stored in the checkpoint, else the class index)")
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
     )
     cfg, task, out = predictor.config, predictor.task, args.out
-    category_ids = _read_category_ids(args.category_ids, cfg.num_classes)
+    # The dataset ids the model was trained with (kept in its checkpoint), unless given here.
+    category_ids = _read_category_ids(args.category_ids, cfg.num_classes) or (list(cfg.category_ids) or None)
     out.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(paths)
     written: list[Path] = []
