@@ -124,7 +124,9 @@ def fit_dinov2(model: EoMT, source_sd: Mapping[str, Tensor], name: str) -> Backb
            for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
     if bad:
         more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
-        raise CheckpointError(f"{name}: DINOv2 weights do not fit the backbone: {', '.join(bad[:4])}{more}")
+        cls = sd.get("cls_token")
+        width = f" (width {cls.shape[-1]}, the backbone's {model.config.embed_dim})" if cls is not None else ""
+        raise CheckpointError(f"{name}: DINOv2 weights do not fit the backbone{width}: {', '.join(bad[:4])}{more}")
     depth = _depth(sd)
     if depth and depth != model.config.depth:
         raise CheckpointError(

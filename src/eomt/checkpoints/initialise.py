@@ -103,8 +103,8 @@ def _from_eomt(network: EoMT, src: Source, load_class_head: bool) -> InitReport:
     )
     if not fit.ok:
         raise CheckpointError(
-            f"{src.name} ({src.kind}): another architecture than the network ({model_name(network)}): "
-            f"{fit.describe()}"
+            f"{src.name} ({src.kind}): another architecture ({_shapes(src)}) than the network "
+            f"({model_name(network)}): {fit.describe()}"
         )
     network.load_state_dict(fitting, strict=False)
     total = sum(1 for k in network.state_dict() if k not in _SCHEDULE_STATE)
@@ -137,3 +137,13 @@ def _renamed(network: EoMT, src: Source) -> str | None:
     a = theirs[i] if i < len(theirs) else None
     b = ours[i] if i < len(ours) else None
     return f"class {i} is {a!r} in the checkpoint, {b!r} in the network"
+
+
+def _shapes(src: Source) -> str:
+    """Width, depth and query count of a checkpoint, read from its tensors."""
+    sd = src.state_dict
+    cls, q = sd.get("backbone.cls_token"), sd.get("q.weight")
+    blocks = {k.split(".")[2] for k in sd if k.startswith("backbone.blocks.")}
+    width = f"D={cls.shape[-1]}" if cls is not None else "no backbone.cls_token"
+    queries = f", queries={q.shape[0]}" if q is not None else ""
+    return f"{width}, depth={len(blocks)}{queries}"

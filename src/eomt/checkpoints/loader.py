@@ -176,10 +176,10 @@ def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> Source:
     if hf.is_hf_layout(sd):
         cfg = hf.read_hf_config(folder)
         return Source(name, "transformers EoMT", hf.from_hf(sd, cfg.swiglu, name), cfg)
+    if dinov2.looks_like_dinov2(sd):  # before ours: a DINOv2 teacher's keys start with backbone. too
+        return Source(name, "DINOv2 weights", sd, family="dinov2")
     if "backbone.patch_embed.proj.weight" in sd:
         return Source(name, "eomt state dict", sd)
-    if dinov2.looks_like_dinov2(sd):
-        return Source(name, "DINOv2 weights", sd, family="dinov2")
     sample = ", ".join(list(sd)[:3])
     raise CheckpointError(
         f"{name}: no known checkpoint layout: expected EoMT weights (ours, official network.*, transformers, "
