@@ -46,25 +46,18 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def build_network(cfg: ExperimentConfig) -> EoMT:
-    """A fresh network, initialised from `train.init` when given (DINOv2 or EoMT weights)."""
+    """A fresh network, initialised from `train.init` when given: an EoMT checkpoint (of another
+    label space: all but the class head) or DINOv2 weights, told apart by `checkpoints.init_from`.
+    A file that is neither, or that does not fit, raises a `CheckpointError` (ValueError)."""
     network = EoMT(cfg.model)
-    init = cfg.train.init
-    if not init:
+    if not cfg.train.init:
         return network
-    from eomt import checkpoints
+    from eomt.checkpoints import CheckpointError, init_from
 
     try:
-        loaded = checkpoints.load_model(
-            init, config=cfg.model, load_class_head=cfg.train.load_class_head, img_size=cfg.model.img_size
-        )
-        network.load_state_dict(loaded.state_dict())
-        log.info("initialised from EoMT weights %s", init)
-    except (ValueError, KeyError) as first:
-        try:
-            checkpoints.load_dinov2_backbone(network, init)
-            log.info("initialised the backbone from DINOv2 weights %s", init)
-        except (ValueError, KeyError):
-            raise ValueError(f"train.init: {init} is neither an EoMT checkpoint nor DINOv2 weights ({first})") from None
+        init_from(network, cfg.train.init, load_class_head=cfg.train.load_class_head)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init: {e}") from None
     return network
 
 
