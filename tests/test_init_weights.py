@@ -49,7 +49,8 @@ def _save(model: EoMT, kind: str, tmp_path: Path) -> Path:
         return save_official(model, tmp_path / "pytorch_model.bin")
     if kind == "lightning":
         sd = {"network." + k: v for k, v in model.state_dict().items()}
-        torch.save({"state_dict": sd, "hyper_parameters": {"model_config": model.config.to_dict()}}, tmp_path / "last.ckpt")
+        hparams = {"model_config": model.config.to_dict()}
+        torch.save({"state_dict": sd, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
         return tmp_path / "last.ckpt"
     if kind == "transformers":
         return save_transformers(model, tmp_path / "hf")
@@ -144,7 +145,8 @@ def _dinov2(depth: int = 4, width: int = D, hub: bool = False) -> dict[str, torc
     """Random DINOv2 weights (reg4, patch 14, 37 x 37 positions) in timm or torch-hub names."""
     grid = 37
     sd = {"cls_token": torch.randn(1, 1, width), "patch_embed.proj.weight": torch.randn(width, 3, 14, 14),
-          "patch_embed.proj.bias": torch.randn(width), "norm.weight": torch.randn(width), "norm.bias": torch.randn(width)}
+          "patch_embed.proj.bias": torch.randn(width), "norm.weight": torch.randn(width),
+          "norm.bias": torch.randn(width)}
     if hub:  # the cls position rides in pos_embed; registers and the iBOT mask token by their own names
         sd |= {"pos_embed": torch.randn(1, 1 + grid * grid, width), "register_tokens": torch.randn(1, 4, width),
                "mask_token": torch.randn(1, width)}
@@ -182,8 +184,8 @@ def test_dinov2_weights_fill_the_backbone(layout: str, tmp_path: Path, caplog: p
 
 def test_dinov2_of_another_width_or_depth(tmp_path: Path) -> None:
     save_file(_dinov2(width=32), tmp_path / "vits.safetensors")
-    with pytest.raises(CheckpointError, match=r"vits\.safetensors: DINOv2 weights do not fit the backbone \(width 32, the "
-                       r"backbone's 64\): .*expected \(64, 64\) found \(32, 32\)"):
+    with pytest.raises(CheckpointError, match=r"vits\.safetensors: DINOv2 weights do not fit the backbone "
+                       r"\(width 32, the backbone's 64\): .*expected \(64, 64\) found \(32, 32\)"):
         init_from(EoMT(tiny_config()), tmp_path / "vits.safetensors")
     save_file(_dinov2(depth=12), tmp_path / "deep.safetensors")
     with pytest.raises(CheckpointError, match=r"deep\.safetensors: DINOv2 weights with 12 blocks, the backbone has 4"):
@@ -200,7 +202,8 @@ def test_dinov2_that_fills_too_little(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- neither
 def test_unrelated_keys_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
-    save_file({"encoder.layer1.weight": torch.randn(4, 4), "decoder.bias": torch.randn(4)}, tmp_path / "resnet.safetensors")
+    unrelated = {"encoder.layer1.weight": torch.randn(4, 4), "decoder.bias": torch.randn(4)}
+    save_file(unrelated, tmp_path / "resnet.safetensors")
     with pytest.raises(CheckpointError) as e:
         init_from(EoMT(tiny_config()), tmp_path / "resnet.safetensors")
     text = str(e.value)
@@ -231,7 +234,8 @@ def test_train_init_from_the_command_line(tmp_path: Path) -> None:
     run = _train(bad, tmp_path / "bad")
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and f"eomt train: error: train.init: {bad}: no known checkpoint layout" in errors[0], run.stderr
+    expected = f"eomt train: error: train.init: {bad}: no known checkpoint layout"
+    assert len(errors) == 1 and expected in errors[0], run.stderr
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
     # An EoMT checkpoint of 3 classes starts the synthetic 6-class model: all but the class head.
@@ -240,5 +244,6 @@ def test_train_init_from_the_command_line(tmp_path: Path) -> None:
     run = _train(good, tmp_path / "good")
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if "initialised" in line]
-    assert len(lines) == 1 and "all but the class head" in lines[0] and "3 classes in the checkpoint, 6 in the network" in lines[0]
+    assert len(lines) == 1 and "all but the class head" in lines[0], run.stderr[-3000:]
+    assert "3 classes in the checkpoint, 6 in the network" in lines[0]
     assert (tmp_path / "good" / "model.safetensors").exists()

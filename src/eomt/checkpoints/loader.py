@@ -8,6 +8,9 @@ Sources, detected from the content (not the file name):
 - a transformers folder (`save_pretrained`): config.json + model.safetensors / pytorch_model.bin;
 - a bare state dict in our layout (`torch.save(model.state_dict())`): config inferred;
 - a hub id `owner/name`, downloaded first (the preset is taken from the repo name when it is one).
+DINOv2 backbone weights are recognised too (`read_source`), for `init_from`; `load_model` refuses them.
+A config inferred from the shapes takes a square token grid, or the grid of `img_size=` when the
+count is not square (a non-square model in a layout without a config reloads with its img_size).
 """
 
 from __future__ import annotations
