@@ -1,4 +1,5 @@
-"""`eomt data check ...`: validate a dataset before training and report its counts."""
+"""`eomt data check ...`: validate a dataset before training and report its counts.
+`eomt data synthetic OUT --format ...`: write synthetic scenes in one of the users' formats."""
 
 from __future__ import annotations
 
@@ -22,9 +23,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="format option, repeatable")
     c.add_argument("--max-images", type=int, default=None, help="check only the first N images")
     c.add_argument("--headers-only", action="store_true", help="read image headers instead of decoding")
+    s = sub.add_parser("synthetic", help="write synthetic scenes as a dataset in one of your own-data formats "
+                       "(no download), to try `eomt data check` and `eomt train` on")
+    s.add_argument("out", help="output folder (new or empty)")
+    s.add_argument("--format", required=True, choices=["coco_panoptic_json", "coco_instance_json", "semantic_folder"],
+                   help="dataset format to write")
+    s.add_argument("--train", type=int, default=64, help="number of train images (default: 64)")
+    s.add_argument("--val", type=int, default=16, help="number of val images (default: 16)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--jpeg", action="store_true", help="write images as JPEG (default: PNG, lossless)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder, replacing this format's files there")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_verb == "synthetic":
+        return _synthetic(args)
     from tqdm import tqdm
 
     from eomt.data.check import check_dataset
@@ -40,6 +55,26 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     print(report.format())
     return 0 if report.ok else 1
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    import shlex
+
+    from eomt.data.export import EXPORT_FORMATS, export_synthetic, layout
+
+    splits = {"train": args.train, "val": args.val}
+    out = export_synthetic(args.out, args.format, splits=splits, size=args.size, seed=args.seed,
+                           image_format="jpg" if args.jpeg else "png", overwrite=args.overwrite)
+    print(f"wrote synthetic scenes as {args.format} ({args.train} train, {args.val} val images, "
+          f"{args.size}x{args.size}, seed {args.seed}) to {out}:")
+    paths = layout(args.format, splits)
+    width = max(len(p) for p in paths)
+    for rel, what in paths.items():
+        print(f"  {rel:<{width}}  {what}")
+    config, root = EXPORT_FORMATS[args.format][1], shlex.quote(str(out))
+    print(f"next: eomt data check {config} data.root={root}")
+    print(f"then: eomt train {config} data.root={root}")
+    return 0
 
 
 def _spec(args: argparse.Namespace) -> dict:
