@@ -127,12 +127,13 @@ def _check_args(source: str, **kw: object) -> argparse.Namespace:
 
 
 def test_data_check_takes_a_bundled_name_or_preset_as_a_config_and_a_format_name_as_a_format() -> None:
-    spec = _spec(_check_args("synthetic/panoptic", split="val"))
-    assert spec["format"] == "synthetic" and spec["num_images"] == 100  # the val_ option of the config
-    assert _spec(_check_args("coco_panoptic_eomt_small_640"))["root"] == "data/coco"
-    spec = _spec(_check_args("coco_panoptic_json", root="mine"))
-    assert spec == {"format": "coco_panoptic_json", "root": "mine", "split": "train"}
-    assert _spec(_check_args("coco", task="panoptic"))["format"] == "coco"
+    cfg, _ = _spec(_check_args("synthetic/panoptic", split="val"))
+    assert cfg.data.dataset == "synthetic" and cfg.data.kwargs["val_num_images"] == 100
+    cfg, _ = _spec(_check_args("coco_panoptic_eomt_small_640"))
+    assert cfg.data.root == "data/coco"
+    cfg, spec = _spec(_check_args("coco_panoptic_json", root="mine"))
+    assert cfg is None and spec == {"format": "coco_panoptic_json", "root": "mine", "split": "train"}
+    assert _spec(_check_args("coco", task="panoptic"))[1]["format"] == "coco"
     with pytest.raises(ConfigError, match="did you mean 'semantic_folder'"):
         _spec(_check_args("semantic_foldr"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable, Iterator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument("overrides", nargs="*", help="section.key=value overrides (with a config)")
     c.add_argument("--root", default=None, help="dataset folder (with a format name)")
-    c.add_argument("--split", default=None, help="split to check (default: the config's train split, or 'train')")
+    c.add_argument("--split", default=None, help="split to check (default: the config's train and val splits; 'train' with a format name)")
     c.add_argument("--task", default=None, help="task (with a format name)")
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="format option, repeatable")
     c.add_argument("--max-images", type=int, default=None, help="check only the first N images")
@@ -40,21 +41,82 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.data_verb == "synthetic":
         return _synthetic(args)
-    from tqdm import tqdm
-
     from eomt.data.check import check_dataset
 
-    spec = _spec(args)
-    bar = tqdm(total=0, unit="img", file=sys.stderr, disable=None)
+    ok = True
+    for split, dataset, label_line in _datasets(args):
+        if dataset is None:  # the split could not be built: the line says why
+            print(f"== {split} ==\n{label_line}")
+            ok = False
+            continue
+        with _progress(split) as progress:
+            report = check_dataset(dataset, read_images=not args.headers_only, max_images=args.max_images,
+                                   progress=progress)
+        print(f"== {split} ==")
+        if label_line:
+            print(label_line)
+        print(report.format())
+        ok &= report.ok
+    return 0 if ok else 1
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
 
-    report = check_dataset(spec, read_images=not args.headers_only, max_images=args.max_images, progress=progress)
-    bar.close()
-    print(report.format())
-    return 0 if report.ok else 1
+def _progress(split: str) -> Any:
+    import contextlib
+
+    from tqdm import tqdm
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Callable[[int, int], None]]:
+        with tqdm(total=0, unit="img", desc=f"checking {split}", file=sys.stderr, disable=None) as b:
+            def update(done: int, total: int) -> None:
+                b.total = total
+                b.update(done - b.n)
+
+            yield update
+
+    return bar()
+
+
+def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, str]]:
+    """(split, dataset or spec, label-space line) for every split to check: with a config, its train
+    and val splits (or --split) built as training builds them, and the label space the run will use."""
+    from eomt.config import ConfigError
+    from eomt.data.archives import DatasetError
+
+    cfg, spec = _spec(args)
+    if cfg is None:
+        yield spec["split"], spec, ""
+        return
+    from eomt.training.data_module import EoMTDataModule
+    from eomt.training.run import with_dataset_labels
+
+    data = EoMTDataModule(cfg.data, cfg.model)
+    splits = [args.split] if args.split else list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
+    for i, split in enumerate(splits):
+        try:
+            dataset = data.build(split)
+        except (DatasetError, ConfigError, OSError) as e:
+            yield split, None, f"error: {e}"
+            continue
+        line = ""
+        if i == 0:  # the label space comes from the first split checked, as training takes it from train
+            try:
+                m = with_dataset_labels(cfg, dataset).model
+                line = label_space_line(m, "the dataset" if cfg.labels_from_dataset else "the config, checked against the data")
+            except ConfigError as e:
+                line = f"error: {e}"
+        yield split, dataset, line
+
+
+def label_space_line(m: Any, source: str) -> str:
+    """One readable line of a model config's label space: count, things, stuff, dataset ids."""
+    names = list(m.class_names) or [str(i) for i in range(m.num_classes)]
+    ids = list(m.category_ids) or list(range(m.num_classes))
+    stuff = set(m.stuff_classes)
+    things = [f"{names[i]} ({ids[i]})" for i in range(m.num_classes) if i not in stuff]
+    stuffs = [f"{names[i]} ({ids[i]})" for i in sorted(stuff)]
+    line = f"label space (from {source}): {m.num_classes} classes, name (dataset id); things: {', '.join(things) or '-'}"
+    return line + (f"; stuff: {', '.join(stuffs)}" if stuffs else "")
 
 
 def _synthetic(args: argparse.Namespace) -> int:
@@ -77,7 +139,8 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(args: argparse.Namespace) -> dict:
+def _spec(args: argparse.Namespace) -> tuple[Any, dict]:
+    """(the experiment config, {}) for a config source; (None, a dataset spec) for a format name."""
     import difflib
 
     from eomt.config import ConfigError, _parse_value, load_experiment
@@ -93,19 +156,15 @@ def _spec(args: argparse.Namespace) -> dict:
     # A file, a bundled config or a preset is a config (resolved as `eomt train` resolves it); a
     # format name is a format; anything else is answered with the closest names of both kinds.
     if find_config(args.source) is not None:
+        import dataclasses
+
         cfg = load_experiment(args.source, args.overrides)
-        split = args.split or cfg.data.train_split
-        # Options named `<split>_<key>` apply to that split only, as in training (EoMTDataModule.build).
-        kwargs: dict = {}
-        for key, value in cfg.data.kwargs.items():
-            prefix, _, rest = key.partition("_")
-            if prefix in (cfg.data.train_split, cfg.data.val_split) and rest:
-                if prefix == split:
-                    kwargs[rest] = value
-            else:
-                kwargs.setdefault(key, value)
-        return {"format": cfg.data.dataset, "root": args.root or cfg.data.root, "split": split,
-                "task": cfg.model.task, **kwargs, **options}
+        data = cfg.data
+        if args.root:
+            data = dataclasses.replace(data, root=args.root)
+        if options:
+            data = dataclasses.replace(data, options=tuple(sorted({**data.kwargs, **options}.items())))
+        return dataclasses.replace(cfg, data=data), {}
     try:
         _resolve_name(args.source, args.task)
     except ConfigError:
@@ -117,5 +176,5 @@ def _spec(args: argparse.Namespace) -> dict:
             f"{args.source}: not a config file, bundled config, preset or dataset format{hint} "
             f"(`eomt configs` lists the configs; formats: {', '.join(FORMATS)})"
         ) from None
-    return {"format": args.source, "root": args.root or ".", "split": args.split or "train",
-            **({"task": args.task} if args.task else {}), **options}
+    return None, {"format": args.source, "root": args.root or ".", "split": args.split or "train",
+                  **({"task": args.task} if args.task else {}), **options}
