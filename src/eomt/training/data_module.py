@@ -58,6 +58,15 @@ class ResumableSampler(Sampler):
             yield i, self.epoch
 
 
+def global_batch_positions(batch_size: int, rank: int, world: int) -> list[int]:
+    """Position in the global batch of each sample of process `rank`'s batch.
+
+    `ResumableSampler` deals every global batch of `world * batch_size` consecutive samples of the
+    permutation round-robin, so local sample i is global sample `rank + world * i`.
+    """
+    return [rank + world * i for i in range(batch_size)]
+
+
 class AugmentedDataset(Dataset):
     """Applies the training transform to `base[index]`, seeded by (seed, epoch, index)."""
 

@@ -4,6 +4,9 @@ cross-entropy over all queries, applied to every prediction block.
 Exact constants of the official code: 12544 points per mask (37632 candidates, the 9408 most
 uncertain kept, 3136 uniform added), no-object weight 0.1, total = 5 * mask + 5 * dice + 2 * CE
 summed over blocks, mask losses divided by the matched-mask count averaged over processes.
+The cross-entropy's weighted sum is divided by its class-weight sum averaged over processes too
+(the official code divides by each process's own sum), so that the gradients DDP averages over
+processes equal those of one process holding the whole batch.
 The losses are batched over images: matched pairs of the whole batch are gathered into one
 tensor; only the assignment solve in `hungarian_match` runs per image.
 """
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eomt.training.matcher import BatchTargets, TargetLike, hungarian_match, stack_targets
-from eomt.training.points import point_sample, uncertain_points
+from eomt.training.points import Generators, point_sample, uncertain_points
 
 LOSS_KEYS = ("loss_mask", "loss_dice", "loss_cross_entropy")
 
@@ -49,13 +52,15 @@ def classification_loss(
     pred_idx: Tensor,
     labels: Tensor,
     no_object_weight: float | Tensor = 0.1,
+    normalizer: Tensor | float | None = None,
 ) -> Tensor:
     """Weighted cross-entropy over all B * Q queries.
 
     class_logits (B, Q, C+1); matched query `pred_idx` of image `batch_idx` gets class `labels`
     (all (M,)); every other query gets the no-object class C, whose weight is `no_object_weight`
     (a float, or the full (C+1,) weight vector). Mean weighted by the class weights, as
-    `nn.CrossEntropyLoss(weight=...)`.
+    `nn.CrossEntropyLoss(weight=...)`: the weighted sum over the sum of the queries' weights, or
+    over `normalizer` when given (that sum averaged over processes).
     """
     batch, num_queries, num_outputs = class_logits.shape
     if isinstance(no_object_weight, Tensor):
@@ -67,7 +72,20 @@ def classification_loss(
         (batch, num_queries), num_outputs - 1, dtype=torch.int64, device=class_logits.device
     )  # (B, Q), all no-object
     target[batch_idx, pred_idx] = labels
-    return F.cross_entropy(class_logits.float().flatten(0, 1), target.flatten(), weight=weight)
+    logits = class_logits.float().flatten(0, 1)  # (B*Q, C+1)
+    if normalizer is None:
+        return F.cross_entropy(logits, target.flatten(), weight=weight)
+    weighted = F.cross_entropy(logits, target.flatten(), weight=weight, reduction="none")  # (B*Q,)
+    return weighted.sum() / normalizer
+
+
+def average_over_processes(values: Sequence[float], device: torch.device) -> Tensor:
+    """(n,) float32 mean of `values` over all processes (one all_reduce; the values when alone)."""
+    total = torch.tensor([float(v) for v in values], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        return total / dist.get_world_size()
+    return total
 
 
 def average_num_masks(count: int, device: torch.device) -> Tensor:
@@ -75,12 +93,7 @@ def average_num_masks(count: int, device: torch.device) -> Tensor:
 
     Every process then divides by the same number, so gradients match one big batch.
     """
-    num = torch.tensor(float(count), device=device)
-    world_size = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        world_size = dist.get_world_size()
-    return torch.clamp(num / world_size, min=1.0)
+    return torch.clamp(average_over_processes([count], device)[0], min=1.0)
 
 
 def block_suffix(index: int, num_predictions: int) -> str:
@@ -94,7 +107,9 @@ class MaskClassificationLoss(nn.Module):
     """The EoMT training criterion (matching + mask, dice and class losses).
 
     `forward` scores one prediction; `forward_blocks` scores every block and sums them with the
-    loss coefficients. Random points come from `generator` (on the logits' device) when given.
+    loss coefficients. Random points come from `generator` (on the logits' device) when given:
+    one generator for the batch, or one per image (`points.image_generators`), which makes an
+    image's points independent of how the batch is split over processes.
     """
 
     def __init__(
@@ -120,6 +135,7 @@ class MaskClassificationLoss(nn.Module):
         }
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = no_object_coefficient
+        self.no_object_coefficient = no_object_coefficient
         # Not persistent: a constant of the config, kept out of checkpoints.
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
@@ -130,14 +146,15 @@ class MaskClassificationLoss(nn.Module):
         targets: Sequence[TargetLike] | BatchTargets,
         *,
         num_masks: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        class_normalizer: Tensor | None = None,
+        generator: Generators = None,
         match_points: Tensor | None = None,
         loss_points: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Losses {loss_mask, loss_dice, loss_cross_entropy} of one prediction.
 
-        mask_logits (B, Q, h, w); class_logits (B, Q, C+1); targets per image. `num_masks`
-        defaults to the matched count averaged over processes. `match_points` (B, P, 2) and
+        mask_logits (B, Q, h, w); class_logits (B, Q, C+1); targets per image. `num_masks` and
+        `class_normalizer` default to `normalizers` of this batch. `match_points` (B, P, 2) and
         `loss_points` = (candidates (M, 3P, 2), uniform (M, P/4, 2)) replace the random draws,
         to reproduce another implementation exactly.
         """
@@ -157,25 +174,50 @@ class MaskClassificationLoss(nn.Module):
         batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])  # (M,)
         pred_idx = torch.cat([src for src, _ in indices])  # (M,)
         tgt_idx = torch.cat([tgt + off for (_, tgt), off in zip(indices, targets.offsets)])  # (M,)
-        if num_masks is None:
-            num_masks = average_num_masks(int(pred_idx.numel()), mask_logits.device)
+        if num_masks is None or class_normalizer is None:
+            own_masks, own_class = self.normalizers(
+                int(pred_idx.numel()), class_logits.shape[0] * class_logits.shape[1], mask_logits.device
+            )
+            num_masks = own_masks if num_masks is None else num_masks
+            class_normalizer = own_class if class_normalizer is None else class_normalizer
         losses = self._mask_losses(
-            mask_logits[batch_idx, pred_idx], targets.masks[tgt_idx], num_masks, generator, loss_points
+            mask_logits[batch_idx, pred_idx],
+            targets.masks[tgt_idx],
+            num_masks,
+            generator,
+            loss_points,
+            [len(src) for src, _ in indices],
         )
         losses["loss_cross_entropy"] = classification_loss(
-            class_logits, batch_idx, pred_idx, targets.labels[tgt_idx], self.empty_weight
+            class_logits, batch_idx, pred_idx, targets.labels[tgt_idx], self.empty_weight, class_normalizer
         )
         return losses
+
+    def normalizers(self, matched: int, batch_queries: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(mask-loss divisor, cross-entropy divisor) of a process with `matched` matched masks
+        among its `batch_queries` (B * Q) queries, both averaged over processes in one all_reduce.
+
+        The first is the matched-mask count (clamped to >= 1), the second the sum of the queries'
+        class weights: 1 for a matched query (every real class weighs 1), the no-object weight
+        for the others. With every process dividing by the same numbers, DDP's average of the
+        processes' gradients is the gradient of one process holding the whole batch.
+        """
+        class_weight = (batch_queries - matched) * self.no_object_coefficient + matched
+        mean = average_over_processes([matched, class_weight], device)  # (2,)
+        # A batch without matches and a zero no-object weight has a zero weighted sum: 0 / tiny = 0.
+        return mean[0].clamp(min=1.0), mean[1].clamp(min=1e-12)
 
     def _mask_losses(
         self,
         pred: Tensor,
         target: Tensor,
         num_masks: Tensor,
-        generator: torch.Generator | None,
+        generator: Generators,
         loss_points: tuple[Tensor, Tensor] | None,
+        rows_per_image: list[int],
     ) -> dict[str, Tensor]:
-        """Point-sampled BCE and dice of matched pairs: pred (M, h, w) logits, target (M, H, W)."""
+        """Point-sampled BCE and dice of matched pairs: pred (M, h, w) logits, target (M, H, W);
+        `rows_per_image`: how many of the M pairs belong to each image."""
         if pred.shape[0] == 0:
             zero = pred.sum() * 0.0  # keeps the graph connected when a batch has no targets
             return {"loss_mask": zero, "loss_dice": zero.clone()}
@@ -189,6 +231,7 @@ class MaskClassificationLoss(nn.Module):
             generator=generator,
             candidates=candidates,
             extra=extra,
+            rows_per_image=rows_per_image,
         )  # (M, P, 2)
         with torch.no_grad():
             labels = point_sample(target.unsqueeze(1), coords).squeeze(1)  # (M, P)
@@ -204,7 +247,7 @@ class MaskClassificationLoss(nn.Module):
         class_logits_per_block: Sequence[Tensor],
         targets: Sequence[TargetLike] | BatchTargets,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Score every prediction (intermediate blocks first, final last), each with its own matching.
 
@@ -218,14 +261,23 @@ class MaskClassificationLoss(nn.Module):
             )
         if not isinstance(targets, BatchTargets):
             targets = stack_targets(targets)  # cast the masks once for all blocks
-        num_queries = class_logits_per_block[0].shape[1]
+        batch, num_queries = class_logits_per_block[0].shape[:2]
         # Every block matches min(Q, N) targets per image: one all_reduce serves all blocks.
         matched = sum(min(num_queries, n) for n in targets.counts)
-        num_masks = average_num_masks(matched, mask_logits_per_block[0].device)
+        num_masks, class_normalizer = self.normalizers(
+            matched, batch * num_queries, mask_logits_per_block[0].device
+        )
         losses: dict[str, Tensor] = {}
         n = len(mask_logits_per_block)
         for i, (mask_logits, class_logits) in enumerate(zip(mask_logits_per_block, class_logits_per_block)):
-            block = self(mask_logits, class_logits, targets, num_masks=num_masks, generator=generator)
+            block = self(
+                mask_logits,
+                class_logits,
+                targets,
+                num_masks=num_masks,
+                class_normalizer=class_normalizer,
+                generator=generator,
+            )
             losses.update({f"{key}{block_suffix(i, n)}": value for key, value in block.items()})
         return self.weighted_total(losses), losses
 

@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from eomt.structures import Target
-from eomt.training.points import point_sample, uniform_points
+from eomt.training.points import Generators, point_sample, uniform_points
 
 TargetLike = Union[Target, tuple[Tensor, Tensor]]
 
@@ -151,15 +151,15 @@ def hungarian_match(
     cost_mask: float = 5.0,
     cost_dice: float = 5.0,
     point_coords: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """Match queries to targets per image, minimising the official EoMT cost.
 
     class_logits (B, Q, C+1); mask_logits (B, Q, h, w); targets: one (masks (N, H, W),
     labels (N,)) per image or a `BatchTargets`. `point_coords` (B, P, 2) fixes the sampled points
-    (else `num_points` uniform points per image from `generator`). Returns per image
-    `(pred_idx, tgt_idx)`, int64 tensors of length min(Q, N) on the logits' device, with
-    `pred_idx` sorted ascending.
+    (else `num_points` uniform points per image from `generator`: one for the batch, or one per
+    image). Returns per image `(pred_idx, tgt_idx)`, int64 tensors of length min(Q, N) on the
+    logits' device, with `pred_idx` sorted ascending.
     """
     if not isinstance(targets, BatchTargets):
         targets = stack_targets(targets)
@@ -168,7 +168,7 @@ def hungarian_match(
         raise ValueError(f"targets: expected {batch} images (the batch size), got {len(targets.counts)}")
     device = mask_logits.device
     if point_coords is None:
-        point_coords = uniform_points(batch, num_points, device, generator)
+        point_coords = uniform_points(batch, num_points, device, generator, [1] * batch)  # (B, P, 2)
     cost = matching_cost(class_logits, mask_logits, targets, point_coords, cost_class, cost_mask, cost_dice)
     cost_cpu = cost.cpu().numpy()  # one transfer; the solver runs on the host
     rows, cols = [], []

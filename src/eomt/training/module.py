@@ -24,7 +24,9 @@ from torch import Tensor
 from eomt.config import ExperimentConfig
 from eomt.models import EoMT
 from eomt.structures import Target
+from eomt.training.data_module import global_batch_positions
 from eomt.training.losses import MaskClassificationLoss
+from eomt.training.points import image_generators
 from eomt.training.schedules import llrd_param_groups, mask_annealing_probs, warmup_poly_lambdas
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,12 @@ class EoMTModule(pl.LightningModule):
             Target(*(v.to(self.device, non_blocking=True) for v in (t.masks, t.labels, t.is_crowd)))
             for t in targets
         ]
-        total, losses = self.criterion.forward_blocks(masks, classes, targets)
+        # The loss's random points: one generator per image, seeded by (seed, step, place in the
+        # global batch), so they are the same on any number of processes and after a resume.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        positions = global_batch_positions(images.shape[0], self.global_rank, world)
+        generators = image_generators(self.cfg.train.seed, self.global_step, positions, self.device)
+        total, losses = self.criterion.forward_blocks(masks, classes, targets, generator=generators)
         bs = images.shape[0]
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
         for key, value in losses.items():
@@ -115,7 +122,7 @@ class EoMTModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The global RNG drives point sampling and mask lifting: keep it for exact resumption.
+        # The global RNG drives mask lifting: keep it for exact resumption.
         checkpoint["rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available():
             checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
