@@ -32,6 +32,10 @@ from eomt.training.schedules import llrd_param_groups, mask_annealing_probs, war
 log = logging.getLogger(__name__)
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss, gradient or weight; the message names the step."""
+
+
 class EoMTModule(pl.LightningModule):
     """Trains and validates an EoMT network as configured by an `ExperimentConfig`."""
 
@@ -43,6 +47,8 @@ class EoMTModule(pl.LightningModule):
         self.network = network if network is not None else EoMT(self.cfg.model)
         t = self.cfg.train
         self.network.gradient_checkpointing = t.activation_checkpointing
+        if t.freeze_backbone:
+            self.freeze_backbone()
         self.criterion = MaskClassificationLoss(
             num_classes=self.cfg.model.num_classes,
             num_points=t.num_points,
@@ -55,6 +61,15 @@ class EoMTModule(pl.LightningModule):
         )
         self.total_steps = 1  # set by the runner once the data size is known
         self.evaluator: Any = None
+        self.fused_optimizer: bool | None = None  # None: fused wherever it is allowed
+
+    def freeze_backbone(self) -> None:
+        """Freeze the ViT (patch embedding, position embedding, tokens, blocks, final norm): only the
+        queries, the mask module and the heads train. The query blocks still run (frozen) on the
+        queries, as in a linear probe of the paper's architecture."""
+        for name, param in self.network.named_parameters():
+            if name.startswith("backbone."):
+                param.requires_grad_(False)
 
     # ------------------------------------------------------------------ schedules
     def annealing_probs(self, step: int) -> list[float]:
@@ -67,9 +82,15 @@ class EoMTModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         t, m = self.cfg.train, self.cfg.model
+        world = self.trainer.world_size if self._trainer is not None else 1
+        total_batch = self.cfg.data.batch_size * world
+        lr = t.scaled_lr(total_batch)
+        if t.lr_scaling != "none":
+            log.info("train.lr %.3g at batch %d -> %.3g at the total batch %d (%s scaling)",
+                     t.lr, t.lr_reference_batch, lr, total_batch, t.lr_scaling)
         groups = llrd_param_groups(
             self.network,
-            t.lr,
+            lr,
             depth=m.depth,
             num_blocks_l2=m.num_blocks,
             llrd=t.llrd,
@@ -78,14 +99,46 @@ class EoMTModule(pl.LightningModule):
         )
         for g in groups:
             g.pop("names", None)
-        # Fused AdamW (one kernel over all parameters) on CUDA and CPU. Not with fp16 + a
-        # GradScaler + clipping: the fused step unscales internally, which clipping cannot follow.
-        scaled_clipping = self.device.type == "cuda" and t.precision == "16-mixed" and t.grad_clip > 0
-        fused = self.device.type in ("cuda", "cpu") and not scaled_clipping
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-        lambdas = warmup_poly_lambdas(groups, self.total_steps, tuple(t.warmup_steps), t.poly_power)
+        fused = self.fused_optimizer if self.fused_optimizer is not None else self._fused_allowed()
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=t.weight_decay, fused=fused)
+        lambdas = warmup_poly_lambdas(groups, self.total_steps, t.warmup(self.total_steps), t.poly_power)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_allowed(self) -> bool:
+        """Fused AdamW (one kernel over all parameters) on CUDA and CPU, except under a GradScaler
+        (16-mixed on CUDA) with clipping: the fused step unscales the gradients itself, after the
+        clipping would have had to see them unscaled."""
+        scaler = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        return self.device.type in ("cuda", "cpu") and not (scaler and self.cfg.train.grad_clip > 0)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradient norm (the recipe's 0.01) and stop on a non-finite gradient.
+
+        Runs after the gradients are unscaled (Lightning unscales before this hook whenever a
+        GradScaler runs and the optimizer is not fused), so every precision clips true gradients.
+        """
+        t = self.cfg.train
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        if t.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip, foreach=True)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and not torch.isfinite(norm):
+            # With a GradScaler an overflow only skips the step; without one it would poison the weights.
+            raise DivergenceError(self._diverged("gradient norm", norm))
+
+    def _diverged(self, what: str, value: Tensor) -> str:
+        ckpt = f"{self.cfg.train.out_dir}/checkpoints/last.ckpt"
+        return (
+            f"{what} is {float(value)} at step {self.global_step}: training diverged (train.lr="
+            f"{self.cfg.train.lr:g}). Nothing was written after this step; the last finite checkpoint is "
+            f"{ckpt} if one was saved. Lower train.lr or check the data"
+        )
 
     # ------------------------------------------------------------------ training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -109,6 +162,8 @@ class EoMTModule(pl.LightningModule):
         positions = global_batch_positions(images.shape[0], self.global_rank, world)
         generators = image_generators(self.cfg.train.seed, self.global_step, positions, self.device)
         total, losses = self.criterion.forward_blocks(masks, classes, targets, generator=generators)
+        if not torch.isfinite(total):
+            raise DivergenceError(self._diverged("train/loss", total))
         bs = images.shape[0]
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
         for key, value in losses.items():
@@ -122,6 +177,10 @@ class EoMTModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A diverged network is never written: the previous checkpoint stays in place.
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise DivergenceError(self._diverged(f"weight {bad[0]} (and {len(bad) - 1} more)", torch.tensor(float("nan"))))
         # The global RNG drives mask lifting: keep it for exact resumption.
         checkpoint["rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available():
