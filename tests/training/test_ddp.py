@@ -4,9 +4,9 @@ with the whole batch.
 What makes it hold: `ResumableSampler` deals each global batch over the processes; the mask and
 cross-entropy losses divide by normalizers averaged over processes, so DDP's mean of the
 gradients is the one-process gradient; and the loss's random points come from one generator per
-image, seeded by its place in the global batch (`image_generators`), not from the global RNG.
-Masked attention is kept on and never lifted (`train.mask_annealing=false`, probability 1):
-lifting draws from the global RNG per process and would differ between the two runs.
+image, seeded by its place in the global batch (`image_generators`), not from the global RNG, as
+do the masked-attention lifting draws. The run anneals masked attention over the whole run
+(probabilities strictly between 0 and 1 at steps 1 and 2), so queries are lifted at random.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TINY = [
     "data.options={size: 64, train_num_images: 8, val_num_images: 4}",
     "train.num_points=256", "train.warmup_steps=[1,1]", "train.checkpoint_every_n_steps=0",
     "train.log_every_n_steps=1", "train.val_every_n_epochs=100", "train.threads=1",
-    "train.precision=32-true", "train.mask_annealing=false", "train.accelerator=cpu",
+    "train.precision=32-true", "train.anneal_windows=[[0,1],[0,1]]", "train.accelerator=cpu",
     "train.max_steps=3",  # 2 steps per epoch: the run crosses an epoch boundary
 ]
 

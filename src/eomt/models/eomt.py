@@ -176,7 +176,14 @@ class EoMT(nn.Module):
         return any(self._mask_active)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: Tensor) -> EoMTOutput:
+    def forward(self, images: Tensor, lift_noise: Tensor | None = None) -> EoMTOutput:
+        """Images (B, 3, H, W), RGB uint8 or float in [0, 1] -> `EoMTOutput`.
+
+        lift_noise: optional (B, L2, K) uniform [0, 1) draws for masked attention: query k of block
+        j is unmasked where lift_noise[:, j, k] > attn_mask_probs[j]. Training passes draws from
+        per-image generators so the result does not depend on how a batch is split over
+        processes; without it each masked block draws from the global RNG.
+        """
         cfg = self.config
         h, w = images.shape[-2:]
         p = cfg.patch_size
@@ -205,7 +212,8 @@ class EoMT(nn.Module):
                     masks_per_block.append(mask_logits)
                     classes_per_block.append(class_logits)
                     if self._mask_active[j]:
-                        attn_mask = self._attn_mask(mask_logits, grid, self.attn_mask_probs[j], x.shape[1])
+                        noise = lift_noise[:, j] if lift_noise is not None else None
+                        attn_mask = self._attn_mask(mask_logits, grid, self.attn_mask_probs[j], x.shape[1], noise)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, attn_mask, use_reentrant=False)
             else:
@@ -236,15 +244,20 @@ class EoMT(nn.Module):
         mask_logits = mask_logits.permute(0, 3, 1, 2)
         return mask_logits, class_logits
 
-    def _attn_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int) -> Tensor:
+    def _attn_mask(
+        self, mask_logits: Tensor, grid: tuple[int, int], prob: Tensor, n: int, noise: Tensor | None = None
+    ) -> Tensor:
         """Boolean (B, 1, N, N) attention mask: query->patch allowed where the mask logit > 0.
 
-        Each query's restriction is lifted with probability 1 - prob (a fresh draw every call).
+        Each query's restriction is lifted with probability 1 - prob: where `noise` (B, K) uniform
+        draws exceed prob (a fresh global-RNG draw when not given).
         """
         b, k = mask_logits.shape[:2]
         start = k + self.backbone.num_prefix_tokens
         inside = F.interpolate(mask_logits, size=grid, mode="bilinear").flatten(2) > 0  # (B, K, N_p)
-        lifted = torch.rand(b, k, device=mask_logits.device) > prob  # (B, K)
+        if noise is None:
+            noise = torch.rand(b, k, device=mask_logits.device)
+        lifted = noise > prob  # (B, K)
         inside = inside | lifted[..., None]
         mask = torch.ones(b, n, n, dtype=torch.bool, device=mask_logits.device)
         mask[:, :k, start:] = inside

@@ -149,18 +149,23 @@ class EoMTModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, list[Target]], batch_idx: int) -> Tensor:
         images, targets = batch
-        out = self.network(images)
+        # Every random draw of the step (masked-attention lifting, then the loss's points) comes
+        # from one generator per image, seeded by (seed, step, place in the global batch), so it is
+        # the same on any number of processes and after a resume.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        positions = global_batch_positions(images.shape[0], self.global_rank, world)
+        generators = image_generators(self.cfg.train.seed, self.global_step, positions, self.device)
+        noise = None
+        if self.network.masked_attention_active:
+            shape = (self.cfg.model.num_blocks, self.cfg.model.num_queries)
+            noise = torch.stack([torch.rand(shape, generator=g, device=self.device) for g in generators])  # (B, L2, K)
+        out = self.network(images, lift_noise=noise)
         masks = [*out.mask_logits_per_block, out.mask_logits]
         classes = [*out.class_logits_per_block, out.class_logits]
         targets = [
             Target(*(v.to(self.device, non_blocking=True) for v in (t.masks, t.labels, t.is_crowd)))
             for t in targets
         ]
-        # The loss's random points: one generator per image, seeded by (seed, step, place in the
-        # global batch), so they are the same on any number of processes and after a resume.
-        world = self.trainer.world_size if self._trainer is not None else 1
-        positions = global_batch_positions(images.shape[0], self.global_rank, world)
-        generators = image_generators(self.cfg.train.seed, self.global_step, positions, self.device)
         total, losses = self.criterion.forward_blocks(masks, classes, targets, generator=generators)
         if not torch.isfinite(total):
             raise DivergenceError(self._diverged("train/loss", total))
