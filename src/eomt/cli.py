@@ -11,6 +11,7 @@ import difflib
 import importlib
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 VERBS: dict[str, str] = {
@@ -47,6 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoAdverts(logging.Filter):
+    """Drops third-party promotion lines (Lightning's "Tip: try installing ..."): not actionable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def _configure_output(verbose: bool, engine: bool) -> None:
+    """One line per event: our handler on the root logger only (Lightning's own handlers, added when
+    it is imported before logging is configured, would print every line a second time), no
+    adverts, and no deprecation warnings from inside libraries that a user cannot act on."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoAdverts())
+    if not engine and "lightning" not in sys.modules:
+        return
+    import lightning.fabric  # noqa: F401  (imported here so that its handlers exist to be removed)
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -64,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    _configure_output(args.verbose, engine=args.verb in ("train", "eval", "demo"))
     if args.version:
         from eomt import __version__
 
