@@ -10,9 +10,10 @@ read once; per-class counts are one bincount over all images.
 from __future__ import annotations
 
 import logging
+import os
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -79,12 +80,51 @@ def _build(spec: Mapping[str, Any]) -> Any:
     return build_dataset(name, **spec)
 
 
+def _check_one(dataset: Any, index: int, read_images: bool) -> ItemCheck:
+    if hasattr(dataset, "check_item"):
+        return dataset.check_item(index, read_images)
+    return _generic_check(dataset, index)
+
+
+class _ItemChecks:
+    """`ItemCheck` of image i as a map-style dataset, so DataLoader workers can check in parallel."""
+
+    def __init__(self, dataset: Any, read_images: bool) -> None:
+        self.dataset, self.read_images = dataset, read_images
+
+    def __getitem__(self, index: int) -> ItemCheck:
+        return _check_one(self.dataset, index, self.read_images)
+
+
+def _as_is(item: ItemCheck) -> ItemCheck:
+    return item
+
+
+POOL_MIN_IMAGES = 64  # below this, starting worker processes costs more than it saves
+
+
+def _item_checks(dataset: Any, total: int, read_images: bool, workers: int) -> Iterator[ItemCheck]:
+    """Item checks in index order, computed here or, with `workers` > 0, in up to that many
+    processes (no more than the CPUs this process may use)."""
+    workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= 1 or total < POOL_MIN_IMAGES:
+        for i in range(total):
+            yield _check_one(dataset, i, read_images)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_ItemChecks(dataset, read_images), batch_size=None,  # type: ignore[arg-type]
+                        sampler=range(total), num_workers=workers, collate_fn=_as_is)
+    yield from loader
+
+
 def check_dataset(dataset_or_spec: Any, read_images: bool = True, max_images: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> CheckReport:
+                  progress: Callable[[int, int], None] | None = None, workers: int = 0) -> CheckReport:
     """Validate every image of a dataset (or of the spec `{"format", "root", "split", ...options}`).
 
     read_images: decode every image fully (catches truncated files); False reads headers only.
     max_images: check only the first images (a quick look). progress(done, total) is called per image.
+    workers: check in that many worker processes (0: in this one); the report is the same.
     """
     if isinstance(dataset_or_spec, Mapping):
         label = f"{dataset_or_spec.get('format') or dataset_or_spec.get('name')} at {dataset_or_spec.get('root', '.')}"
@@ -99,8 +139,7 @@ def check_dataset(dataset_or_spec: Any, read_images: bool = True, max_images: in
     report.warnings += list(getattr(dataset, "index_warnings", []))
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     labels, n_bad, n_empty = [], 0, 0
-    for i in range(total):
-        item = dataset.check_item(i, read_images) if hasattr(dataset, "check_item") else _generic_check(dataset, i)
+    for i, item in enumerate(_item_checks(dataset, total, read_images, workers)):
         report.errors += item.errors
         report.warnings += item.warnings
         n_bad += bool(item.errors)
@@ -124,6 +163,6 @@ def check_dataset(dataset_or_spec: Any, read_images: bool = True, max_images: in
     if unseen and total:
         shown = ", ".join(unseen[:10]) + (", ..." if len(unseen) > 10 else "")
         report.warnings.append(f"{len(unseen)} of {len(names)} classes never seen: {shown}")
-    log.info("checked %d images of %s: %d errors, %d warnings", total, report.dataset,
+    log.debug("checked %d images of %s: %d errors, %d warnings", total, report.dataset,
              len(report.errors), len(report.warnings))
     return report
