@@ -16,17 +16,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--checkpoint", required=True, help="model to evaluate: any source `eomt predict` accepts")
-    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--out", default=None,
+                   help="write the metrics as JSON here; the logs go to eval/ beside it "
+                        "(default: CHECKPOINT_DIR/eval/)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from eomt.commands.train import format_metrics
     from eomt.config import load_experiment
-    from eomt.training.run import evaluate
+    from eomt.training.run import eval_log_dir, evaluate
 
     cfg = load_experiment(args.config, args.overrides)
-    metrics, is_main = evaluate(cfg, args.checkpoint, progress=not args.no_progress)
+    metrics, is_main = evaluate(cfg, args.checkpoint, progress=not args.no_progress,
+                                log_dir=eval_log_dir(args.checkpoint, args.out))
     if not is_main:
         return 0
     print(format_metrics(metrics))

@@ -16,8 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 data.batch_size=4")
     p.add_argument(
-        "--resume", default="auto",
-        help="'auto' (default): continue from OUT_DIR/checkpoints/last.ckpt if present; 'never'; or a path",
+        "--resume", default="auto", metavar="{auto,never,force,PATH}",
+        help="'auto' (default): continue the run in train.out_dir if it has the same config (a finished run "
+             "is left as it is; a different config stops with the differing keys); 'never': start over "
+             "(the old run's config, checkpoints, model and logs move to OUT_DIR/previous/<time>/); "
+             "'force': continue the run with the new values (same network shape); or a checkpoint path "
+             "to continue from (its config must match). Logging, worker, thread, device-kind and "
+             "validation-only keys may change freely",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -33,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from eomt.training.run import train
 
     module = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if getattr(module, "already_finished", False):
+        return 0  # said so in the log, in one line
     metrics = getattr(module, "last_metrics", None)
     if metrics:
         print(format_metrics(metrics))

@@ -1,13 +1,16 @@
 """Build the Lightning trainer from an `ExperimentConfig` and run training or evaluation.
 
 One run lives in `train.out_dir`: `config.yaml` (the resolved config), `checkpoints/last.ckpt`
-(written atomically every `checkpoint_every_n_steps`; a rerun resumes from it), CSV and
-TensorBoard logs, and `model.safetensors` (the final network with its config, all `predict` needs).
+(written atomically every `checkpoint_every_n_steps` and at the end; a rerun continues it only when
+it is the same run, see `rerun`), `data_check.json` (the cached data check, see `preflight`), CSV
+and TensorBoard logs, and `model.safetensors` (the final network with its config, all `predict`
+needs). Evaluation writes its logs elsewhere (`evaluate`), never into a training run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +22,7 @@ import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from eomt.config import ExperimentConfig
+from eomt.config import ExperimentConfig, ModelConfig, parse_devices
 from eomt.models import EoMT
 from eomt.training.data_module import EoMTDataModule
 from eomt.training.module import EoMTModule
@@ -91,14 +94,15 @@ def make_trainer(cfg: ExperimentConfig, *, progress: bool = True, extra_callback
         precision = "bf16-mixed"
     return pl.Trainer(
         accelerator=t.accelerator,
-        devices=_devices(t.devices),
+        devices=parse_devices(t.devices),
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=precision,
         max_epochs=t.epochs if t.max_steps <= 0 else -1,
         max_steps=t.max_steps,
-        gradient_clip_val=t.grad_clip or None,
-        gradient_clip_algorithm="norm",
+        # Clipping is the module's (`on_before_optimizer_step`): Lightning refuses to clip for a
+        # fused optimizer, which needs no unscaling when no GradScaler runs.
+        gradient_clip_val=None,
         check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps,
         callbacks=[checkpoint, *(extra_callbacks or [])],
@@ -114,43 +118,44 @@ def make_trainer(cfg: ExperimentConfig, *, progress: bool = True, extra_callback
     )
 
 
-def _devices(text: str) -> Any:
-    text = str(text).strip()
-    if text == "auto":
-        return "auto"
-    if "," in text:
-        return [int(x) for x in text.split(",") if x]
-    return int(text)
-
-
 def with_dataset_labels(cfg: ExperimentConfig, dataset: Any) -> ExperimentConfig:
-    """Take the label space (class names, stuff ids) from the dataset when the config names none;
-    a config that names a different number of classes than the dataset has is an error."""
+    """The config with the dataset's label space (names, count, stuff ids, category ids) wherever
+    the config leaves it open (`ExperimentConfig.resolve_labels`); one log line says which."""
     names = list(getattr(dataset, "class_names", []) or [])
     if not names:
         return cfg
-    m = cfg.model
-    if not m.class_names:
-        log.info("model: %d classes from the dataset (%s)", len(names), cfg.data.dataset)
-        model = m.replace(
-            num_classes=len(names), class_names=tuple(names),
-            stuff_classes=tuple(getattr(dataset, "stuff_classes", ()) or ()),
-        )
-        return dataclasses.replace(cfg, model=model)
-    if len(m.class_names) != len(names):
-        raise ValueError(
-            f"model.num_classes: {m.num_classes} in the config, but dataset {cfg.data.dataset} has "
-            f"{len(names)} classes; remove model.class_names/num_classes to take them from the data"
-        )
-    return cfg
+    source = f"dataset {cfg.data.dataset}"
+    resolved = cfg.resolve_labels(
+        names, getattr(dataset, "stuff_classes", ()) or (), getattr(dataset, "category_ids", ()) or (), source
+    )
+    if cfg.labels_from_dataset:
+        m = resolved.model
+        ids = f", dataset ids {_short(m.category_ids)}" if m.category_ids else ""
+        log.info("model %s: %d classes from %s (%d things, %d stuff%s)", m.name, m.num_classes, source,
+                 len(m.thing_classes), len(m.stuff_classes), ids)
+    return resolved
+
+
+def _short(values: Any, limit: int = 8) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
 def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True) -> EoMTModule:
-    """Train as configured; `resume`: "auto" (from out_dir/checkpoints/last.ckpt if present),
-    "never", or a checkpoint path. Returns the trained module (with `last_metrics` after validation)."""
+    """Train as configured in `train.out_dir`, which holds one run (see `eomt.training.rerun`).
+
+    resume: "auto" continues the run in out_dir when its config is the same (a finished one is left
+    as it is), "never" starts over (the old run moves to out_dir/previous/), "force" continues with
+    new values, or a checkpoint path. The data is checked first (`preflight`, cached). A refusal
+    (`RunConflict`, `DataCheckFailed`) comes before anything in out_dir is written.
+    Returns the trained module (with `last_metrics` after validation); for a finished run, its
+    module with the saved model and `already_finished` set.
+    """
+    from eomt.training import preflight, rerun
+
     t = cfg.train
     out = Path(t.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(t.seed, workers=False, verbose=False)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
@@ -158,51 +163,121 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
     data.setup("fit")
     cfg = with_dataset_labels(cfg, data.train_set)
     data.model_cfg = cfg.model
-    write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = make_trainer(cfg, progress=progress)
+    trainers: list[pl.Trainer] = []  # built once needed: a refusal or a finished run needs none
+
+    def trainer_() -> pl.Trainer:
+        if not trainers:
+            trainers.append(make_trainer(cfg, progress=progress))
+            trainers[0].callbacks.append(rerun.ConfiguredOptimizerValues())
+        return trainers[0]
+
+    def total_steps() -> int:
+        return t.max_steps if t.max_steps > 0 else data.steps_per_epoch(trainer_().world_size) * t.epochs
+
+    plan = rerun.plan_run(out, cfg.to_dict(), resume, total_steps)
+    if plan.action == "finished":
+        log.info("%s", plan.message)
+        module = _finished_module(cfg, out)
+        module.total_steps = t.max_steps if t.max_steps > 0 else plan.step  # where the run ended
+        return module
+    check = {}
+    if getattr(t, "data_check", True):
+        splits = [preflight.Split(name, dataset, data.spec(split)) for name, dataset, split in (
+            ("train", data.train_set, cfg.data.train_split), ("val", data.val_set, cfg.data.val_split))]
+        check = preflight.check_training_data(splits, out / preflight.CACHE_NAME, workers=cfg.data.num_workers,
+                                              progress=progress)
+    # The checks passed: from here on the folder is this run's.
+    trainer = trainer_()
+    if trainer.is_global_zero:
+        if plan.move_previous:
+            moved = rerun.move_previous_run(out)
+            if moved is not None:
+                log.info("--resume never: the previous run in %s moved to %s", out, moved)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if check:
+            write_atomic(out / preflight.CACHE_NAME, json.dumps(check, indent=2))
     module = EoMTModule(cfg.to_dict(), build_network(cfg))
-    steps_per_epoch = data.steps_per_epoch(trainer.world_size)
-    module.total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
+    module.total_steps = total_steps()
     if t.compile:
         module.network = torch.compile(module.network)  # type: ignore[assignment]
-    ckpt_path = _resume_path(out, resume)
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if plan.checkpoint:
+        (log.warning if plan.changed else log.info)("%s", plan.message)
+    trainer.fit(module, datamodule=data, ckpt_path=plan.checkpoint)
+    if trainer.interrupted:
+        return module
+    # The final state, whatever step the last periodic checkpoint was at: a rerun sees it finished.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero:
         from eomt.checkpoints import save_model
 
         network = getattr(module.network, "_orig_mod", module.network)
-        save_model(network, out / "model.safetensors")
+        # The step tells a rerun that this model is the end of the run (`rerun`).
+        save_model(network, out / "model.safetensors", extra={"global_step": trainer.global_step})
     return module
 
 
-def _resume_path(out: Path, resume: str) -> str | None:
-    if resume == "never":
-        return None
-    if resume == "auto":
-        last = out / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(resume).exists():
-        raise FileNotFoundError(f"--resume: checkpoint {resume} not found")
-    return resume
+def _finished_module(cfg: ExperimentConfig, out: Path) -> EoMTModule:
+    """The module of a finished run: its saved model, nothing trained (`already_finished` set)."""
+    from eomt.checkpoints.io import read_safetensors
+
+    network = EoMT(cfg.model)  # the same config, so the same shapes
+    network.load_state_dict(read_safetensors(out / "model.safetensors")[0])
+    module = EoMTModule(cfg.to_dict(), network.eval())
+    module.already_finished = True  # type: ignore[attr-defined]
+    return module
 
 
-def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True) -> tuple[dict[str, Any], bool]:
+def check_label_space(model: ModelConfig, data: ModelConfig, checkpoint: str, source: str) -> None:
+    """A checkpoint's label space must be the data's: the same class count and dataset category
+    ids (a renamed class is only worth a warning). Raises ValueError naming both."""
+    if model.num_classes != data.num_classes:
+        raise ValueError(
+            f"{checkpoint}: the model has {model.num_classes} classes, {source} has {data.num_classes}"
+        )
+    ids_model = model.category_ids or tuple(range(model.num_classes))
+    ids_data = data.category_ids or tuple(range(data.num_classes))
+    if ids_model != ids_data:
+        raise ValueError(
+            f"{checkpoint}: the model's category ids {_short(ids_model)} differ from {source}'s {_short(ids_data)}"
+        )
+    if model.class_names and data.class_names and tuple(model.class_names) != tuple(data.class_names):
+        log.warning("%s: class names differ from %s's (first: %r vs %r)", checkpoint, source,
+                    *next((a, b) for a, b in zip(model.class_names, data.class_names) if a != b))
+
+
+def eval_log_dir(checkpoint: str, out: str | None = None) -> Path:
+    """Where an evaluation logs: `eval/` beside `out` (the metrics file) when given, else beside a
+    local checkpoint file, else in the working folder (a hub checkpoint). Never the folder itself:
+    a `tensorboard/` log folder in the working folder would pass for the package of that name."""
+    if out:
+        return Path(out).parent / "eval"
+    path = Path(checkpoint)
+    if path.is_file():
+        return path.parent / "eval"
+    return path / "eval" if path.is_dir() else Path("eval")
+
+
+def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True,
+             log_dir: str | Path | None = None) -> tuple[dict[str, Any], bool]:
     """Metrics of the model in `checkpoint` on the config's validation split, reduced over all
-    processes, and whether this process is the global rank zero (the one that should report)."""
+    processes, and whether this process is the global rank zero (the one that should report).
+    Logs go to `log_dir` (default `eval_log_dir(checkpoint)`), not to the config's `train.out_dir`."""
     from eomt import checkpoints
 
     network = checkpoints.load_model(checkpoint)
-    if network.config.num_classes != cfg.model.num_classes:
-        raise ValueError(
-            f"--checkpoint {checkpoint}: {network.config.num_classes} classes, the config's dataset "
-            f"has {cfg.model.num_classes}"
-        )
+    data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
+    data.setup("validate")
+    cfg = with_dataset_labels(cfg, data.val_set)
+    check_label_space(network.config, cfg.model, checkpoint, f"dataset {cfg.data.dataset}")
+    # The network is the checkpoint's; the data, recipe and post-processing are the config's.
+    cfg = dataclasses.replace(cfg, model=network.config)
+    data.model_cfg = cfg.model
     if network.masked_attention_active:
         log.warning("%s: masked attention is not fully annealed; evaluating with it", checkpoint)
     module = EoMTModule(cfg.to_dict(), network)
-    data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
-    trainer = make_trainer(cfg, progress=progress)
+    logs = Path(log_dir) if log_dir is not None else eval_log_dir(checkpoint)
+    trainer = make_trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(logs))),
+                           progress=progress)
     trainer.validate(module, datamodule=data, verbose=False)
     return module.last_metrics, trainer.is_global_zero
