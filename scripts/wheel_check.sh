@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the wheel, install it (not editable) in a fresh virtual environment and run the main jobs
 # from an empty folder, as a user of the released package would: `eomt configs` (a listing, a
-# preset), a tiny `eomt demo` (the bundled synthetic config), and `eomt data check` + `eomt train`
-# on a bundled custom config over a small semantic folder drawn from the synthetic scenes.
+# preset), a tiny `eomt demo` (the bundled synthetic config), and the own-data journey on a bundled
+# custom config: `eomt data synthetic` writes a small COCO panoptic folder, `eomt data check` and
+# `eomt train` read it.
 # Exits non-zero on the first failure. Usage: bash scripts/wheel_check.sh
 # (PYTHON=... names the interpreter whose pip builds and installs; default .venv/bin/python).
 set -euo pipefail
@@ -63,33 +64,11 @@ step "eomt demo (tiny)"
   data.options.train_num_images=8 data.options.val_num_images=4
 test -s demo/report.json && test -s demo/model.safetensors
 
-step "eomt data check + eomt train custom/semantic_folder on a folder drawn from the synthetic scenes"
-"$py" - <<'EOF'
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
-
-from eomt.data.synthetic import SyntheticScenes
-
-scenes = SyntheticScenes(6, size=64, task="semantic")
-root = Path("my_data")
-for split, indices in (("train", range(4)), ("val", range(4, 6))):
-    (root / "images" / split).mkdir(parents=True)
-    (root / "labels" / split).mkdir(parents=True)
-    for i in indices:
-        image, target = scenes[i]
-        label = np.full(image.shape[:2], 255, dtype=np.uint8)  # 255: unlabelled
-        for mask, cls in zip(target.masks.numpy(), target.labels.tolist()):
-            label[mask] = cls
-        Image.fromarray(image).save(root / "images" / split / f"scene{i}.png")
-        Image.fromarray(label).save(root / "labels" / split / f"scene{i}.png")
-(root / "classes.txt").write_text("\n".join(scenes.class_names) + "\n")
-EOF
-"$eomt" data check configs/custom/semantic_folder.yaml data.root=my_data > check.txt
-grep -q "^OK" check.txt
-"$eomt" train custom/semantic_folder --no-progress data.root=my_data "${tiny[@]}" \
-  train.max_steps=2 data.scale_range=[0.8,1.25] train.out_dir=runs/custom
+step "eomt data synthetic, data check and train custom/coco_panoptic (tiny)"
+"$eomt" data synthetic my_data --format coco_panoptic_json --train 4 --val 2 --size 64 > /dev/null
+"$eomt" data check configs/custom/coco_panoptic.yaml data.root=my_data > check.txt
+"$eomt" train custom/coco_panoptic --no-progress data.root=my_data "${tiny[@]}" train.max_steps=2 \
+  data.scale_range=[0.8,1.25] train.out_dir=runs/custom
 test -s runs/custom/model.safetensors
 
 step "ok"
