@@ -139,7 +139,7 @@ def check_training_data(splits: list[Split], cache_path: Path, *, workers: int =
     seen: dict[str, str] = {}  # fingerprint -> the split checked under it in this call
     for split in splits:
         if not is_checkable(split.dataset):
-            log.info("data check (%s): generated data, no files to check", split.name)
+            log.debug("data check (%s): generated data, no files to check", split.name)
             continue
         key = fingerprint(split, exclude=cache_path.parent)
         if key in seen:  # e.g. train and val are one split: checked once
