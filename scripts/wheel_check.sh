@@ -44,7 +44,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # A network small enough for seconds on a CPU.
 tiny=(model.embed_dim=32 model.depth=2 model.num_heads=2 model.num_blocks=1 model.img_size=[64,64]
       model.num_queries=4 data.batch_size=2 data.num_workers=0 train.num_points=64
-      train.warmup_steps=[1,1] train.precision=32-true train.threads=2)
+      train.warmup_steps=[1,1] train.threads=2)
 
 step "eomt configs"
 "$eomt" configs > configs.txt
@@ -67,6 +67,7 @@ test -s demo/report.json && test -s demo/model.safetensors
 step "eomt data synthetic, data check and train custom/coco_panoptic (tiny)"
 "$eomt" data synthetic my_data --format coco_panoptic_json --train 4 --val 2 --size 64 > /dev/null
 "$eomt" data check configs/custom/coco_panoptic.yaml data.root=my_data > check.txt
+# At the config's default precision (bf16-mixed), with the recipe's gradient clipping.
 "$eomt" train custom/coco_panoptic --no-progress data.root=my_data "${tiny[@]}" train.max_steps=2 \
   data.scale_range=[0.8,1.25] train.out_dir=runs/custom
 test -s runs/custom/model.safetensors
