@@ -70,7 +70,9 @@ def _loggers(out: Path) -> list[Any]:
     # One version folder per (re)start, so a resumed run never overwrites the logs of the first.
     loggers: list[Any] = [CSVLogger(out, name="logs")]
     try:
-        loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
+        # Not "tensorboard/": a folder of that name in the working directory (out_dir=".") would be
+        # imported as the tensorboard package by the next run.
+        loggers.append(TensorBoardLogger(out, name="tb_logs", default_hp_metric=False))
     except ModuleNotFoundError:
         log.warning("tensorboard/tensorboardX not installed: logging to CSV only")
     return loggers
