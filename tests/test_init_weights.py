@@ -24,6 +24,7 @@ from eomt.checkpoints import (
     save_transformers,
 )
 from eomt.config import tiny_config
+from tests.training.test_engine import TINY as ENGINE_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 64  # tiny_config's width
@@ -213,12 +214,8 @@ def test_unrelated_keys_name_the_file_and_what_was_expected(tmp_path: Path) -> N
 
 # ----------------------------------------------------------------------------- the user's path
 TINY = [
-    "model.embed_dim=32", "model.depth=3", "model.num_heads=2", "model.num_blocks=2",
-    "model.img_size=[64,64]", "model.num_queries=6",
-    "data.batch_size=2", "data.num_workers=0", "data.scale_range=[0.8,1.2]",
-    "data.options={size: 64, train_num_images: 4, val_num_images: 2}",
-    "train.num_points=256", "train.warmup_steps=[1,1]", "train.log_every_n_steps=1",
-    "train.val_every_n_epochs=100", "train.threads=1", "train.max_steps=2", "train.precision=32-true",
+    *ENGINE_TINY, "data.options={size: 64, train_num_images: 4, val_num_images: 2}", "train.warmup_steps=[1,1]",
+    "train.max_steps=2", "train.precision=32-true",
 ]
 
 

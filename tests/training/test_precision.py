@@ -16,15 +16,12 @@ from eomt.config import PRECISIONS, load_experiment
 from eomt.training import run as engine
 from eomt.training.module import EoMTModule
 
-ROOT = Path(__file__).resolve().parents[2]
+from .test_engine import ROOT, TINY as ENGINE_TINY
+
+# test_engine's tiny run, 4 batches of 2 per epoch, 3 steps, no periodic checkpoints.
 TINY = [
-    "model.embed_dim=32", "model.depth=3", "model.num_heads=2", "model.num_blocks=2",
-    "model.img_size=[64,64]", "model.num_queries=6",
-    "data.batch_size=2", "data.num_workers=0", "data.scale_range=[0.8,1.2]",
-    "data.options={size: 64, train_num_images: 8, val_num_images: 2}",
-    "train.num_points=256", "train.warmup_steps=[0,0]", "train.checkpoint_every_n_steps=0",
-    "train.log_every_n_steps=1", "train.val_every_n_epochs=100", "train.threads=1", "train.max_steps=3",
-    "train.data_check=false",
+    *ENGINE_TINY, "data.options={size: 64, train_num_images: 8, val_num_images: 2}",
+    "train.warmup_steps=[0,0]", "train.checkpoint_every_n_steps=0", "train.max_steps=3", "train.data_check=false",
 ]
 
 

@@ -183,7 +183,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
         module.total_steps = t.max_steps if t.max_steps > 0 else plan.step  # where the run ended
         return module
     check = {}
-    if getattr(t, "data_check", True):
+    if t.data_check:
         splits = [preflight.Split(name, dataset, data.spec(split)) for name, dataset, split in (
             ("train", data.train_set, cfg.data.train_split), ("val", data.val_set, cfg.data.val_split))]
         check = preflight.check_training_data(splits, out / preflight.CACHE_NAME, workers=cfg.data.num_workers,
