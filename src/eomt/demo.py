@@ -9,7 +9,6 @@ post-processing), mIoU (semantic post-processing) and mask AP (instance post-pro
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from importlib import resources
@@ -90,6 +89,7 @@ def draw_predictions(network: Any, dataset: Any, out_dir: Path, count: int = 6) 
 def run_demo(overrides: list[str] | None = None, out_dir: str = "runs/demo", progress: bool = True) -> dict[str, Any]:
     """Train, evaluate and predict; returns the report (also written as report.json / report.md)."""
     from eomt.training.data_module import EoMTDataModule
+    from eomt.files import UNDEFINED_METRIC, write_json
     from eomt.training.run import train, write_atomic
 
     cfg = demo_config(overrides, out_dir)
@@ -117,7 +117,7 @@ def run_demo(overrides: list[str] | None = None, out_dir: str = "runs/demo", pro
         "pictures": [str(p) for p in pictures],
         "threads": torch.get_num_threads(),
     }
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_json(out / "report.json", report, indent=2, reason=UNDEFINED_METRIC)
     write_atomic(out / "report.md", format_report(report))
     return report
 

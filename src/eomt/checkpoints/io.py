@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from eomt import files
 
 StateDict = dict[str, Tensor]
 
@@ -161,34 +161,40 @@ def as_state_dict(obj: Any, path: Path) -> StateDict:
     return dict(obj)
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` and move the result to `path` atomically; returns `path`."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return path
+    """Run `write(tmp)` and move the result to `path` atomically (`eomt.files`); returns `path`."""
+    return files.write_atomic(path, write)
 
 
 def save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> Path:
-    """Write contiguous CPU copies of `tensors` to `path` atomically."""
+    """Write contiguous CPU copies of `tensors` to `path` atomically, the header's metadata in
+    sorted order (the writer's own order varies from run to run), so equal inputs give equal bytes."""
     from safetensors.torch import save_file
 
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(data, str(tmp), metadata=metadata)
+        _sort_header(tmp)
+
+    return write_atomic(path, write)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors header in place with its metadata keys sorted (same length)."""
+    with open(path, "r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(size)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict):
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:  # an escaping we do not reproduce: keep the writer's order
+            return
+        f.seek(8)
+        f.write(text.ljust(size))  # the format pads its header with spaces
 
 
 def save_torch(obj: Any, path: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -34,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_metrics(metrics))
     if args.out:
-        from eomt.training.run import write_atomic
+        from eomt.files import UNDEFINED_METRIC, write_json
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(args.out), json.dumps(metrics, indent=2, default=float))
+        # A metric with nothing to measure it on (no ground truth of that class or size) is NaN:
+        # null in the file, the reason under "null_values".
+        write_json(Path(args.out), metrics, indent=2, reason=UNDEFINED_METRIC)
     return 0

@@ -20,7 +20,6 @@ Panoptic segment k of an image (targets' order: things in draw order, then sky, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -191,8 +190,9 @@ def _save_image(path: Path, image: np.ndarray, pil_format: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    from eomt.files import write_json
+
+    write_json(path, data, indent=None)
 
 
 def _bbox(mask: np.ndarray) -> list[int]:

@@ -9,9 +9,6 @@ A file that is missing, not an image, or truncated raises one clear line naming 
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -20,6 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from eomt import files
+from eomt.files import write_atomic
 from eomt.images import ImageReadError, array_to_rgb, to_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -95,21 +94,9 @@ def load_image(image: ImageInput, name: str = "image") -> Tensor:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace`.
-
-    A reader never sees a half-written file, even if the process dies mid-write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `data` to `path` atomically (`eomt.files.write_atomic`): a reader never sees a
+    half-written file, even if the process dies mid-write; the umask applies."""
+    return write_atomic(path, data)
 
 
 def write_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
@@ -122,5 +109,6 @@ def write_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as JSON atomically (UTF-8, indented)."""
-    return write_bytes_atomic(path, json.dumps(obj, indent=1).encode("utf-8"))
+    """Write `obj` as strict JSON atomically (UTF-8, indented; non-finite numbers as null, see
+    `eomt.files.write_json`)."""
+    return files.write_json(path, obj)

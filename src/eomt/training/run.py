@@ -10,9 +10,7 @@ needs). Evaluation writes its logs elsewhere (`evaluate`), never into a training
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from eomt import files
 from eomt.config import ExperimentConfig, ModelConfig, parse_devices
 from eomt.models import EoMT
 from eomt.training.data_module import EoMTDataModule
@@ -35,17 +34,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     so a process killed mid-write never leaves a truncated checkpoint behind."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        # `eomt.files`: the umask's mode, and the temporary files of killed writes removed.
+        files.write_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write `text` to `path` atomically (`eomt.files.write_atomic`)."""
+    files.write_atomic(path, text)
 
 
 def build_network(cfg: ExperimentConfig) -> EoMT:
@@ -196,9 +191,12 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
             if moved is not None:
                 log.info("--resume never: the previous run in %s moved to %s", out, moved)
         out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a killed run left (a checkpoint of EoMT-L is GBs).
+        for folder in (out, out / "checkpoints"):
+            files.clean_stale_temps(folder)
         write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if check:
-            write_atomic(out / preflight.CACHE_NAME, json.dumps(check, indent=2))
+            files.write_json(out / preflight.CACHE_NAME, check, indent=2)
     module = EoMTModule(cfg.to_dict(), build_network(cfg))
     module.total_steps = total_steps()
     if t.compile:
