@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-threshold", type=float, default=0.5, help="panoptic (default: 0.5)")
     parser.add_argument("--overlap-threshold", type=float, default=0.8, help="panoptic (default: 0.8)")
     parser.add_argument("--top-k", type=int, default=100, help="instance: instances per image (default: 100)")
+    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                        help="cut large images into overlapping SIZE x SIZE pixel tiles, predicted at the "
+                             "image's own scale and joined at the original size (objects crossing a seam "
+                             "become one; semantic scores blended). Use the model's input size for slides, "
+                             "aerial photos and scans whose objects would vanish if shrunk (default: off)")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="PIXELS",
+                        help="with --tile: pixels shared by neighbouring tiles; more gives the network more "
+                             "context at each seam, at the cost of more tiles (default: SIZE // 4)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
     parser.add_argument("--category-ids", type=Path, default=None,
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile or False,
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
+        tile=args.tile, tile_overlap=args.tile_overlap,
     )
     cfg, task, out = predictor.config, predictor.task, args.out
     # The dataset ids the model was trained with (kept in its checkpoint), unless given here.

@@ -5,13 +5,16 @@
 
 Panoptic and instance inputs are resized (longer side) and padded to the model's input size;
 semantic inputs are cut into square sliding windows (shorter side to the crop size), as in the
-official evaluation. Any image size and aspect ratio works.
+official evaluation. Any image size and aspect ratio works. With `tile=SIZE`, large images are
+cut into overlapping tiles at their own scale instead and the tile results joined
+(`eomt.inference.tiling`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -23,6 +26,7 @@ from eomt.config import TASKS
 from eomt.inference import postprocess
 from eomt.inference.io import ImageInput, load_image
 from eomt.inference.preprocess import resize_and_pad, sliding_windows
+from eomt.inference.tiling import predict_tiled
 from eomt.models import EoMT
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
@@ -72,6 +76,14 @@ class Predictor:
     (on CUDA it also replays the forward as a CUDA graph) or "reduce-overhead". Inputs are padded
     to the model's input size, so one compiled graph serves every image size; the first call
     compiles.
+    tile: cut each image into overlapping `tile x tile` pixel tiles, predicted at the image's own
+    scale (as any image, each goes through the usual preprocessing: no resize when `tile` is the
+    model's input size) and joined at the original size: things crossing a seam become one
+    segment, semantic scores are blended (the rule: `eomt.inference.tiling`). For large images
+    whose objects would vanish if the image were shrunk (slides, aerial photos, scans). None: the
+    whole image is resized to the input size. tile_overlap: pixels shared by neighbouring tiles
+    (default `tile // 4`); more gives the network more context at each seam, at the cost of more
+    tiles.
     """
 
     def __init__(
@@ -86,6 +98,8 @@ class Predictor:
         overlap_threshold: float = 0.8,
         top_k: int = 100,
         compile: bool | str = False,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
@@ -122,6 +136,12 @@ class Predictor:
         self.mask_threshold = mask_threshold
         self.overlap_threshold = overlap_threshold
         self.top_k = top_k
+        if tile is not None and tile < 1:
+            raise ValueError(f"tile: {tile} must be >= 1 pixel (or None: no tiling)")
+        overlap = (tile // 4 if tile else 0) if tile_overlap is None else tile_overlap
+        if tile is not None and not 0 <= overlap < tile:
+            raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
+        self.tile, self.tile_overlap = tile, overlap
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -155,12 +175,24 @@ class Predictor:
     def predict_tensors(self, images: Sequence[Tensor]) -> list[Result]:
         """Results for already loaded images, each (3, H, W) uint8 or float in [0, 1]."""
         images = [im.to(self.device) for im in images]
+        if self.tile is not None:
+            run = functools.partial(self._predict_untiled, semantic_scores=True)
+            return [
+                predict_tiled(image, run, self.task, self.tile, self.tile_overlap, self.batch_size,
+                              self.config.stuff_classes, self.top_k)
+                for image in images
+            ]
+        return self._predict_untiled(images)
+
+    def _predict_untiled(self, images: Sequence[Tensor], semantic_scores: bool = False) -> list[Result]:
+        """Results for images on the device, each resized (or windowed) whole to the input size."""
         if self.task == "semantic":
             crop = min(self.input_size)
             x, windows = sliding_windows(images, crop)  # (N, 3, S, S)
             with self._autocast():
                 out = self._network(x)
-            return list(postprocess.semantic(out.mask_logits, out.class_logits, windows))
+            return list(postprocess.semantic(out.mask_logits, out.class_logits, windows,
+                                             return_scores=semantic_scores))
         x, metas = resize_and_pad(images, self.input_size)  # (B, 3, S_h, S_w)
         with self._autocast():
             out = self._network(x)
