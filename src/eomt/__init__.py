@@ -15,14 +15,18 @@ _LAZY = {
     "save_model": "eomt.checkpoints",
     "save_transformers": "eomt.checkpoints",
 }
+# Subpackages reachable as attributes after `import eomt` (e.g. `eomt.checkpoints.save_official`).
+_SUBMODULES = ("checkpoints", "data", "evaluation", "export", "inference", "training")
 
 
 def __getattr__(name: str) -> Any:
     # Heavier modules load on first use so that `import eomt` stays fast.
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"eomt.{name}")
     raise AttributeError(f"module 'eomt' has no attribute {name!r}")
 
 

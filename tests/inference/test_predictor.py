@@ -50,7 +50,10 @@ def test_every_input_kind_gives_the_same_result(tmp_path) -> None:
     assert results[0].segments  # threshold 0: something is found
     single = predictor.predict_one(rgb)  # a single array is one image, not a list of rows
     assert torch.equal(single.segmentation, results[0].segmentation)
-    assert len(predictor(rgb)) == 1
+    # One image in, one result out; a list (or tuple) in, a list out.
+    assert isinstance(predictor(rgb), PanopticResult) and isinstance(predictor(str(path)), PanopticResult)
+    assert torch.equal(predictor(path).segmentation, results[0].segmentation)
+    assert [type(r) for r in predictor((rgb,))] == [PanopticResult]
 
 
 def test_batching_does_not_change_results() -> None:
@@ -68,7 +71,7 @@ def test_batching_does_not_change_results() -> None:
 def test_semantic_single_crop_equals_the_per_pixel_rule() -> None:
     model = tiny_model("semantic")
     image = torch.rand(3, 64, 64)  # exactly one crop, no resize
-    result = Predictor(model)(image)[0]
+    result = Predictor(model)(image)
     with torch.inference_mode():
         out = model(image[None])
     masks = torch.nn.functional.interpolate(out.mask_logits, size=(64, 64), mode="bilinear")
@@ -80,9 +83,9 @@ def test_semantic_single_crop_equals_the_per_pixel_rule() -> None:
 def test_extreme_aspect_ratios(h: int, w: int) -> None:
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     for task in ("panoptic", "instance"):
-        assert _size(Predictor(tiny_model(), task=task, threshold=0.0)(image)[0]) == (h, w)
+        assert _size(Predictor(tiny_model(), task=task, threshold=0.0)(image)) == (h, w)
     if min(h, w) > 1:  # semantic windows: the short side goes to 64, so 1 x 300 -> 300 crops
-        assert _size(Predictor(tiny_model(), task="semantic")(image)[0]) == (h, w)
+        assert _size(Predictor(tiny_model(), task="semantic")(image)) == (h, w)
 
 
 def test_bf16_runs_on_cpu_with_bf16_weights_and_leaves_the_callers_model() -> None:

@@ -28,10 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eomt.checkpoints import load_model
     from eomt.export import export_model
+    from eomt.models import EoMT
 
-    model = load_model(args.model)
+    # A preset name gives random weights, said in one line (`EoMT.from_pretrained`).
+    model = EoMT.from_pretrained(args.model)
     path = export_model(
         model,
         args.out,

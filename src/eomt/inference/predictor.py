@@ -17,7 +17,7 @@ import copy
 import functools
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Sequence, Union, overload
 
 import torch
 from torch import Tensor
@@ -149,15 +149,22 @@ class Predictor:
         cfg = self.config
         return cfg.class_names or tuple(f"class {i}" for i in range(cfg.num_classes))
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Result]:
-        """Results for one image or a list of images (paths, PIL images, arrays, tensors)."""
+    @overload
+    def __call__(self, images: ImageInput) -> Result: ...
+
+    @overload
+    def __call__(self, images: Sequence[ImageInput]) -> list[Result]: ...
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> Result | list[Result]:
+        """The result of one image (a path, PIL image, array or tensor), or a list of results for a
+        list (or tuple) of images, in input order."""
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            images = [images]  # a single image (a tensor or array is one image, not a list)
+            return self.predict_one(images)  # a tensor or array is one image, not a list of rows
         return [result for _, result in self.iter_predict(images)]
 
     def predict_one(self, image: ImageInput) -> Result:
         """The result of a single image."""
-        return self([image])[0]
+        return next(self.iter_predict([image]))[1]
 
     def iter_predict(self, images: Sequence[ImageInput]) -> Iterator[tuple[Tensor, Result]]:
         """(loaded image (3, H, W), result) pairs, batch after batch, in input order."""

@@ -13,6 +13,7 @@ inference is a plain ViT: no intermediate prediction is made and no mask is buil
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,6 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from eomt.config import ModelConfig
 from eomt.models.kernels import cpu_inference, linear_gelu
 from eomt.models.vit import ViT
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -276,7 +279,29 @@ class EoMT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> "EoMT":
-        """Load weights from any supported source (see `eomt.checkpoints.load_model`)."""
-        from eomt.checkpoints import load_model
+        """Load weights from any supported source (see `eomt.checkpoints.load_model`).
 
-        return load_model(source, **kwargs)
+        A preset name (`coco_panoptic_eomt_small_640`, or short `eomt_small_640`) that is not a
+        local path gives a randomly initialised model of that configuration, in eval mode with mask
+        annealing finished (as a trained model: it predicts and exports), with a one-line warning;
+        `num_classes`, `img_size` and `map_location` apply to it too. `from_config` gives the
+        training start instead.
+        """
+        from eomt.config import PRESET_NAMES
+
+        name = str(source)
+        is_preset = "/" not in name and (name in PRESET_NAMES or f"coco_panoptic_{name}" in PRESET_NAMES)
+        if not is_preset or Path(name).exists():
+            from eomt.checkpoints import load_model
+
+            return load_model(source, **kwargs)
+        overrides: dict[str, Any] = {}
+        if kwargs.get("num_classes") is not None:
+            overrides.update(num_classes=int(kwargs["num_classes"]), class_names=(), stuff_classes=())
+        if kwargs.get("img_size") is not None:
+            size = kwargs["img_size"]
+            overrides["img_size"] = (size, size) if isinstance(size, int) else tuple(size)
+        log.warning("%s is a preset name: the model has its configuration and random weights", name)
+        model = cls.from_config(name, **overrides)
+        model.set_attn_mask_probs([0.0] * model.config.num_blocks)  # an inference model: annealed
+        return model.to(kwargs.get("map_location", "cpu")).eval()
