@@ -110,7 +110,7 @@ def test_predict_globs_single_files_and_exit_zero(checkpoint: Path, images: Path
     code = main(["predict", "--model", str(checkpoint), str(images / "a.png"), str(images / "b*.jpg"), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a_overlay.png", "a_panoptic.png", "b_overlay.png",
-                                                     "b_panoptic.png", "panoptic.json"]
+                                                     "b_panoptic.png", "panoptic.json", "results.jsonl"]
 
 
 def test_predict_without_matching_inputs_names_the_pattern(checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -124,3 +124,117 @@ def test_json_has_no_bare_nan_and_says_why(tmp_path: Path) -> None:
     assert "no ground truth" in doc[files.NULL_KEY]["ap_large"]
     # A list (the COCO results format) has no room for the reasons, but stays strict JSON.
     assert json.loads(files.json_text([float("nan"), 1])) == [None, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# eomt predict: ids, incremental results, resuming, the output folder
+# ---------------------------------------------------------------------------------------------
+
+CATEGORY_IDS = (11, 12, 17, 22, 31)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    model = EoMT(tiny_config(task="panoptic", num_classes=5, category_ids=CATEGORY_IDS, stuff_classes=(3, 4)))
+    model.set_attn_mask_probs([0.0, 0.0])
+    return save_model(model, tmp_path / "model.safetensors")
+
+
+def _images(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+    return folder
+
+
+def _predict(model: Path, inputs: list[str], out: Path, *extra: str) -> int:
+    return main(["predict", "--model", str(model), *inputs, "--out", str(out), "--threshold", "0", *extra])
+
+
+def test_results_carry_the_dataset_category_and_image_ids(model_file: Path, tmp_path: Path) -> None:
+    images = _images(tmp_path / "val2017", 3)
+    coco = {"images": [{"id": 139, "file_name": "im00.png"}, {"id": 7, "file_name": "val2017/im01.png"},
+                       {"id": 9000, "file_name": "im02.png"}, {"id": 5, "file_name": "other.png"}]}
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    expected = {"im00": 139, "im01": 7, "im02": 9000}
+
+    out = tmp_path / "pan"
+    assert _predict(model_file, [str(images)], out, "--images-json", str(tmp_path / "annotations.json")) == 0
+    doc = json.loads((out / "panoptic.json").read_text())
+    assert [c["id"] for c in doc["categories"]] == list(CATEGORY_IDS)
+    assert {Path(a["source"]).stem: a["image_id"] for a in doc["annotations"]} == expected
+    assert {im["id"]: im["file_name"] for im in doc["images"]} == {139: "im00.png", 7: "val2017/im01.png",
+                                                                  9000: "im02.png"}
+    segments = [s for a in doc["annotations"] for s in a["segments_info"]]
+    assert segments and {s["category_id"] for s in segments} <= set(CATEGORY_IDS)
+
+    out = tmp_path / "inst"
+    assert _predict(model_file, [str(images)], out, "--task", "instance",
+                    "--images-json", str(tmp_path / "annotations.json")) == 0
+    entries = json.loads((out / "instances.json").read_text())
+    assert entries and {e["category_id"] for e in entries} <= set(CATEGORY_IDS)
+    assert all(expected[Path(e["file_name"]).stem] == e["image_id"] for e in entries)
+
+    # Without the dataset's JSON: 1..N in input order, written beside the file names, every run.
+    for name in ("plain", "again"):
+        assert _predict(model_file, [str(images)], tmp_path / name) == 0
+    first, again = (json.loads((tmp_path / n / "panoptic.json").read_text()) for n in ("plain", "again"))
+    assert [(im["id"], Path(im["file_name"]).name) for im in first["images"]] == [
+        (1, "im00.png"), (2, "im01.png"), (3, "im02.png")]
+    assert first == again
+
+    # An input the dataset does not list is refused by name before anything runs.
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": coco["images"][1:]}))
+    assert _predict(model_file, [str(images)], tmp_path / "refused", "--images-json",
+                    str(tmp_path / "annotations.json")) == 1
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "glob"])
+def test_an_output_folder_in_the_input_folder_is_refused(
+    where: str, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = _images(tmp_path / "images", 1)
+    inputs = [str(images / "*.png")] if where == "glob" else [str(images)]
+    out = images if where == "same" else images / "predictions"
+    assert _predict(model_file, inputs, out) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "input folder" in err
+    assert sorted(p.name for p in images.iterdir()) == ["im00.png"]
+
+
+def test_a_killed_run_resumes_with_skip_existing_to_the_same_results(model_file: Path, tmp_path: Path) -> None:
+    count = 12
+    images = _images(tmp_path / "images", count)
+    full = tmp_path / "full"
+    assert _predict(model_file, [str(images)], full) == 0
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "eomt.cli", "predict", "--model", str(model_file), str(images),
+           "--out", str(out), "--threshold", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if lines.is_file() and lines.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    done = lines.read_text().count("\n")
+    assert 1 <= done < count and not (out / "panoptic.json").exists()
+    # A kill in the middle of a line leaves half a line: that image is done again.
+    with open(lines, "a") as f:
+        f.write('{"stem": "im11", "source": "cut sh')
+
+    assert _predict(model_file, [str(images)], out, "--skip-existing") == 0
+    assert json.loads((out / "panoptic.json").read_text()) == json.loads((full / "panoptic.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
+    assert (out / "results.jsonl").read_text().count("\n") == count
+    # Everything there: a second resume predicts nothing and writes the same merged file.
+    before = (out / "im00_overlay.png").stat().st_mtime_ns
+    assert _predict(model_file, [str(images)], out, "--skip-existing") == 0
+    assert (out / "im00_overlay.png").stat().st_mtime_ns == before
+    assert (out / "panoptic.json").read_bytes() == (full / "panoptic.json").read_bytes()

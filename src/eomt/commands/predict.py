@@ -4,6 +4,9 @@ Per image `<stem>_overlay.png`, plus per task:
 - panoptic: `<stem>_panoptic.png` (COCO panoptic colours) and its entry in `panoptic.json`;
 - instance: entries in `instances.json` (COCO results, RLE masks);
 - semantic: `<stem>_semantic.png` (class-index label map).
+Each finished image adds a line to `results.jsonl` (`eomt.inference.writers`), so a killed run
+keeps its work: `--skip-existing` resumes it. Category ids are the checkpoint's dataset ids; image ids
+are the dataset's (`--images-json`) or 1..N in input order, listed with the file names.
 An unreadable image is reported by name and skipped; the exit code is 1 if any image failed.
 """
 
@@ -50,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category-ids", type=Path, default=None,
                         help="JSON list mapping class index -> dataset category id for the JSON outputs "
                              "(default: the ids stored in the checkpoint, else the class index)")
+    parser.add_argument("--images-json", type=Path, default=None, metavar="JSON",
+                        help="the dataset's COCO-style JSON when the inputs are its images: image ids are "
+                             "taken from its \"images\" (matched by file_name); default: 1..N in input order")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="resume: pass over images whose results (a line in results.jsonl and its "
+                             "files) are already in --out")
+
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -105,12 +115,14 @@ def _read_category_ids(path: Path | None, num_classes: int) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from eomt.inference import formats
+    from eomt.inference import formats, writers
     from eomt.inference.io import ImageReadError, read_image, write_json, write_png
     from eomt.inference.predictor import Predictor
     from eomt.inference.visualize import overlay
 
     paths = collect_inputs(args.inputs)
+    writers.check_out_folder(args.out, args.inputs)
+    ids = writers.image_ids(paths, args.images_json)
     predictor = Predictor(
         args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         compile=args.compile or False,
@@ -123,26 +135,32 @@ def run(args: argparse.Namespace) -> int:
     category_ids = _read_category_ids(args.category_ids, cfg.num_classes) or (list(cfg.category_ids) or None)
     out.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(paths)
+    # A line per image as it is done (a killed run keeps what it finished), merged at the end.
+    results = writers.ResultLog(out, resume=args.skip_existing)
     written: list[Path] = []
     failed: list[str] = []
-    panoptic_entries: list[dict[str, Any]] = []
-    instance_entries: list[dict[str, Any]] = []
+    skipped = 0
     start = time.perf_counter()
 
     def save(index: int, image: Any, result: Any) -> None:
-        stem = stems[index]
+        stem, (image_id, file_name) = stems[index], ids[index]
         vis = {"threshold": args.vis_threshold} if task == "instance" else {}
-        written.append(write_png(out / f"{stem}_overlay.png", overlay(image, result, predictor.class_names, **vis)))
+        names = [f"{stem}_overlay.png"]
+        written.append(write_png(out / names[0], overlay(image, result, predictor.class_names, **vis)))
+        record: dict[str, Any] = {"stem": stem, "source": str(paths[index]), "file_name": file_name,
+                                  "image_id": image_id, "height": int(image.shape[-2]),
+                                  "width": int(image.shape[-1]), "task": task}
         if task == "panoptic":
-            name = f"{stem}_panoptic.png"
-            written.append(write_png(out / name, formats.id_to_rgb(result.segmentation)))
-            entry = formats.panoptic_to_coco(result, index, name, category_ids)
-            panoptic_entries.append({**entry, "source": str(paths[index])})
+            names.append(f"{stem}_panoptic.png")
+            written.append(write_png(out / names[-1], formats.id_to_rgb(result.segmentation)))
+            entry = formats.panoptic_to_coco(result, image_id, names[-1], category_ids)
+            record.update(png=names[-1], segments_info=entry["segments_info"])
         elif task == "instance":
-            for e in formats.instances_to_coco(result, index, category_ids):
-                instance_entries.append({**e, "file_name": str(paths[index])})
+            record["instances"] = formats.instances_to_coco(result, image_id, category_ids)
         else:
-            written.append(write_png(out / f"{stem}_semantic.png", formats.semantic_to_png_array(result, cfg.num_classes)))
+            names.append(f"{stem}_semantic.png")
+            written.append(write_png(out / names[-1], formats.semantic_to_png_array(result, cfg.num_classes)))
+        results.append({**record, "outputs": names})  # last: a line means its files are complete
 
     bar = tqdm(total=len(paths), desc=f"eomt predict ({task})", unit="img", file=sys.stderr)
     pending: list[tuple[int, Any]] = []
@@ -150,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     def flush() -> None:
         if not pending:
             return
-        results = predictor.predict_tensors([image for _, image in pending])
-        for (index, image), result in zip(pending, results):
+        predictions = predictor.predict_tensors([image for _, image in pending])
+        for (index, image), result in zip(pending, predictions):
             try:
                 save(index, image, result)
             except OSError as e:
@@ -161,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
         pending.clear()
 
     for index, path in enumerate(paths):
+        if args.skip_existing and results.done(stems[index], str(path), task, out):
+            skipped += 1
+            bar.update(1)
+            continue
         try:
             pending.append((index, read_image(path)))
         except (ImageReadError, OSError) as e:
@@ -173,16 +195,18 @@ def run(args: argparse.Namespace) -> int:
     flush()
     bar.close()
 
-    if task == "panoptic":
+    if task in ("panoptic", "instance"):
+        bad = set(failed)
+        records = [None if str(p) in bad else results.records.get(s) for p, s in zip(paths, stems)]
         categories = formats.coco_categories(predictor.class_names, cfg.stuff_classes, category_ids)
-        written.append(write_json(out / "panoptic.json", {"annotations": panoptic_entries, "categories": categories}))
-    elif task == "instance":
-        written.append(write_json(out / "instances.json", instance_entries))
+        name = "panoptic.json" if task == "panoptic" else "instances.json"
+        written.append(write_json(out / name, writers.merge(records, ids, task, categories)))
 
     elapsed = time.perf_counter() - start
     done = len(paths) - len(failed)
+    already = f" ({skipped} already there)" if skipped else ""
     print(
-        f"eomt predict: {done} image(s) done, {len(failed)} failed, {len(written)} file(s) written "
+        f"eomt predict: {done} image(s) done{already}, {len(failed)} failed, {len(written)} file(s) written "
         f"to {out} in {elapsed:.1f} s"
     )
     if failed:
