@@ -115,6 +115,7 @@ def _read_category_ids(path: Path | None, num_classes: int) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from eomt import files
     from eomt.inference import formats, writers
     from eomt.inference.io import ImageReadError, read_image, write_json, write_png
     from eomt.inference.predictor import Predictor
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     # The dataset ids the model was trained with (kept in its checkpoint), unless given here.
     category_ids = _read_category_ids(args.category_ids, cfg.num_classes) or (list(cfg.category_ids) or None)
     out.mkdir(parents=True, exist_ok=True)
+    files.clean_stale_temps(out)  # what the atomic writes of a killed run left
     stems = unique_stems(paths)
     # A line per image as it is done (a killed run keeps what it finished), merged at the end.
     results = writers.ResultLog(out, resume=args.skip_existing)
