@@ -268,8 +268,14 @@ def _read_meta(meta: dict[str, str], path: Path) -> tuple[ModelConfig, tuple[int
     return ModelConfig.from_dict(json.loads(meta[CONFIG_KEY])), tuple(json.loads(meta[INPUT_KEY]))
 
 
-def load_exported(path: str | Path) -> ExportedNetwork:
-    """Open a file written by `export_model` (.onnx, .ts TorchScript, .pt2 ExportedProgram)."""
+def load_exported(path: str | Path, trust_pickle: bool = False) -> ExportedNetwork:
+    """Open a file written by `export_model` (.onnx, .ts TorchScript, .pt2 ExportedProgram).
+
+    Nothing in the file runs on load unless `trust_pickle`: a .pt2 archive is checked first
+    (`checkpoints.safety`) and a .ts file, which is code, is refused.
+    """
+    from eomt.checkpoints import safety
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model file")
@@ -277,9 +283,13 @@ def load_exported(path: str | Path) -> ExportedNetwork:
         return OnnxNetwork(path)
     meta: dict[str, Any] = {CONFIG_KEY: "", INPUT_KEY: ""}
     if path.suffix == ".pt2":
+        if not trust_pickle:
+            safety.check_exported_program(path)
         program = torch.export.load(str(path), extra_files=meta)
         module = program.module()
     elif path.suffix in (".ts", ".pt"):
+        if not trust_pickle:
+            safety.refuse_torchscript(path)
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=meta)
     else:
         raise ValueError(f"{path}: unknown exported format {path.suffix!r} (expected .onnx, .ts or .pt2)")

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="network input size (default: each model's)")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default: 1)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
+                        "TorchScript file): only for files whose source you trust")
     p.add_argument("--precision", "--dtype", dest="precision", default="fp32",
                    help=f"comma-separated from {', '.join(PRECISIONS)} (default: fp32)")
     p.add_argument("--mode", default="eager",
@@ -70,7 +73,7 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
     if args.model:
         from eomt.checkpoints import load_model
 
-        return [(str(args.model), lambda: load_model(args.model))]
+        return [(str(args.model), lambda: load_model(args.model, trust_pickle=args.trust_pickle))]
     names = PRESET_NAMES if args.preset.strip() == "all" else _split(args.preset, "preset")
 
     def build(name: str) -> Any:

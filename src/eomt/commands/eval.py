@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the metrics as JSON here; the logs go to eval/ beside it "
                         "(default: CHECKPOINT_DIR/eval/)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
+                        "TorchScript file): only for files whose source you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.config, args.overrides)
     metrics, is_main = evaluate(cfg, args.checkpoint, progress=not args.no_progress,
-                                log_dir=eval_log_dir(args.checkpoint, args.out))
+                                log_dir=eval_log_dir(args.checkpoint, args.out), trust_pickle=args.trust_pickle)
     if not is_main:
         return 0
     print(format_metrics(metrics))

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-unmasked", action="store_true",
                    help="export a model whose mask annealing is unfinished with masked attention "
                         "switched off (its predictions change); by default such a model is refused")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
+                        "TorchScript file): only for files whose source you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from eomt.models import EoMT
 
     # A preset name gives random weights, said in one line (`EoMT.from_pretrained`).
-    model = EoMT.from_pretrained(args.model)
+    model = EoMT.from_pretrained(args.model, trust_pickle=args.trust_pickle)
     path = export_model(
         model,
         args.out,

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let the train.init file run code when it is loaded (pickled Python objects): only "
+                        "for files whose source you trust (a resumed checkpoint is always read weights-only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from eomt.training.run import train
 
-    module = train(cfg, resume=args.resume, progress=not args.no_progress)
+    module = train(cfg, resume=args.resume, progress=not args.no_progress, trust_pickle=args.trust_pickle)
     if getattr(module, "already_finished", False):
         return 0  # said so in the log, in one line
     metrics = getattr(module, "last_metrics", None)

@@ -84,6 +84,8 @@ class Predictor:
     whole image is resized to the input size. tile_overlap: pixels shared by neighbouring tiles
     (default `tile // 4`); more gives the network more context at each seam, at the cost of more
     tiles.
+    trust_pickle: let a file given by name run code on load (pickled objects, a .ts TorchScript
+    file); only for files whose source you trust. Without it such a file is refused.
     """
 
     def __init__(
@@ -100,16 +102,23 @@ class Predictor:
         compile: bool | str = False,
         tile: int | None = None,
         tile_overlap: int | None = None,
+        trust_pickle: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
         callers = isinstance(model, EoMT)
+        name = str(model) if isinstance(model, (str, Path)) else "model"
         if isinstance(model, (str, Path)) and Path(model).suffix in EXPORTED_SUFFIXES:
             from eomt.export import load_exported
 
-            model = load_exported(model)
+            model = load_exported(model, trust_pickle=trust_pickle)
         elif not callers and not hasattr(model, "input_shape"):
-            model = EoMT.from_pretrained(model)
+            model = EoMT.from_pretrained(model, trust_pickle=trust_pickle)
+        if isinstance(model, EoMT) and model.masked_attention_active:
+            # As `eval` warns: an unfinished run's masks are drawn at random (0 < p < 1).
+            log.warning("%s: masked attention is not fully annealed (attn_mask_probs %s); predicting with "
+                        "it, results may change from run to run", name,
+                        [round(p, 4) for p in model.attn_mask_probs.tolist()])
         if isinstance(model, EoMT) and self.autocast_dtype == torch.bfloat16:
             # bf16 weights and activations instead of autocast: no per-call casts, and the fused
             # bf16 CPU kernels apply. A model passed in is copied: the caller's keeps its dtype.

@@ -91,12 +91,48 @@ class Plan:
     changed: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
+def read_training_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint (`last.ckpt`), un-pickled weights-only: a planted file runs no code.
+
+    `weights_only=True` is passed explicitly, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` does not
+    override; `eomt train` writes nothing but tensors and plain containers. A truncated, foreign
+    or code-carrying file raises one `ValueError` line naming it (`--resume never` starts over).
+    """
+    import pickle
+
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # not the zip format: no mmap
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise ValueError(
+                f"{path}: holds pickled Python objects besides tensors, which a checkpoint written by "
+                "`eomt train` never does; refusing to un-pickle it (it could run code). Start over with "
+                "--resume never, or remove the file"
+            ) from None
+        raise _unreadable(path, e) from None
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a training checkpoint (found {type(ckpt).__name__}, expected a dict)")
+    return ckpt
+
+
+def _unreadable(path: Path, e: BaseException) -> ValueError:
+    first = (str(e).strip().splitlines() or [""])[0][:100]
+    return ValueError(
+        f"{path}: unreadable training checkpoint ({type(e).__name__}: {first}); it may be truncated "
+        "(start over with --resume never, or remove the file)"
+    )
+
+
 def read_checkpoint_header(path: Path) -> tuple[int, dict[str, Any] | None]:
     """(global step, resolved config) of a Lightning checkpoint, its tensors left unread (mmap)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # written without the zip format: no memory map
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_training_checkpoint(path, mmap=True)
     config = (ckpt.get("hyper_parameters") or {}).get("config")
     return int(ckpt.get("global_step", 0)), config if isinstance(config, dict) else None
 
