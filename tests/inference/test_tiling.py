@@ -19,7 +19,7 @@ from PIL import Image
 from eomt.checkpoints import save_model
 from eomt.config import tiny_config
 from eomt.inference.predictor import Predictor
-from eomt.inference.tiling import make_tiles
+from eomt.inference.tiling import make_tiles, predict_tiled
 from eomt.models import EoMT
 from eomt.models.eomt import EoMTOutput
 
@@ -79,7 +79,7 @@ class ColourNet:
         num_classes = self.config.num_classes
         class_logits = torch.zeros(x.shape[0], len(PALETTE), num_classes + 1)
         for q, (_, c) in enumerate(PALETTE):
-            class_logits[:, q, c] = torch.where(present[:, q], 6.0, 0.0)
+            class_logits[:, q, c] = torch.where(present[:, q], 6.0 + 0.2 * q, 0.0)  # a score per colour
             class_logits[:, q, num_classes] = torch.where(present[:, q], 0.0, 6.0)
         return EoMTOutput(mask_logits, class_logits, [], [])
 
@@ -126,6 +126,17 @@ def test_objects_across_tile_borders_come_out_as_untiled(task: str) -> None:
         areas = torch.bincount(tiled.segmentation.flatten())
         assert [s["area"] for s in tiled.segments] == areas[1:].tolist()
         assert [s["isthing"] for s in tiled.segments] == [s["category_id"] != 3 for s in tiled.segments]
+
+
+def test_instance_top_k_keeps_the_best_joined_instances() -> None:
+    image = disc_image()
+    run = Predictor(ColourNet((64, 64), "instance"), threshold=0.5).predict_tensors  # one result per tile
+    full = predict_tiled(image, run, "instance", 64, 16, top_k=100)
+    best = predict_tiled(image, run, "instance", 64, 16, top_k=3)  # the rest dropped as tiles finish
+    assert len(full.labels) == len(DISCS) + 1 and len(best.labels) == 3
+    assert bool((full.scores[:-1] > full.scores[1:]).all())
+    assert torch.equal(best.masks, full.masks[:3]) and torch.equal(best.labels, full.labels[:3])
+    assert torch.equal(best.scores, full.scores[:3])
 
 
 def test_without_overlap_nothing_is_joined_across_seams() -> None:

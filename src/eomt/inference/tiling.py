@@ -30,8 +30,9 @@ The rule that joins the tiles:
 
 Memory grows with the tile, not the image: tiles go through the network `batch_size` at a time,
 a tile's result is reduced at once to its core pieces (cropped to their boxes) and to the masks
-it shares with the tiles still to come; semantic scores are held for one row of tiles. Only the
-result itself (and, for instance, the joined masks) is image-sized.
+it shares with the tiles still to come; semantic scores are held for one row of tiles; finished
+instances beyond the `top_k` best are dropped as the tiles go. Only the result itself is
+image-sized.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def _semantic(results, tiles: list[Tile], size: tuple[int, int], overlap: int, d
 class _Piece:
     """A tile segment's pixels inside the tile's core, cropped to their box (image coordinates)."""
 
+    tile: int
     label: int
     score: float
     thing: bool
@@ -200,6 +202,7 @@ class _Joiner:
         self.merge_iou = merge_iou
         self.pieces: list[_Piece] = []
         self.parent: list[int] = []
+        self.alive: set[int] = set()  # pieces not yet dropped by `prune`
         # Masks over the rectangle a tile shares with a later tile, until that one is done:
         # (earlier, later) -> (piece ids (K,), masks (K, P) bool, labels (K,)).
         self.pending: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
@@ -211,6 +214,7 @@ class _Joiner:
                 if shared is not None:
                     self.earlier[j].append((i, shared))
                     self.later[i].append((j, shared))
+        self.remaining = [len(n) for n in self.later]  # later neighbours not yet added, per tile
 
     def _find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -245,11 +249,13 @@ class _Joiner:
                 ys, xs = rows_any[k].nonzero()[:, 0], cols_any[k].nonzero()[:, 0]
                 a, b, c, d = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
                 crop, y0, x0 = core[k, a:b, c:d].clone(), t.cy0 + a, t.cx0 + c
-            self.pieces.append(_Piece(label, score, is_thing, area, y0, x0, crop))
+            self.alive.add(len(self.pieces))
+            self.pieces.append(_Piece(index, label, score, is_thing, area, y0, x0, crop))
             self.parent.append(len(self.parent))
 
         # Same thing across a seam: same class and IoU >= merge_iou over the shared rectangle.
         for i, rect in self.earlier[index]:
+            self.remaining[i] -= 1
             stored = self.pending.pop((i, index), None)
             if stored is None or not thing.any():
                 continue
@@ -265,6 +271,38 @@ class _Joiner:
             present = m.any(1)
             if present.any():
                 self.pending[(index, j)] = (thing_ids[present], m[present], thing_labels[present])
+
+    def prune(self, keep: int) -> None:
+        """Drop the finished segments that cannot be among the `keep` best (instance task).
+
+        A segment is finished when none of its pieces comes from a tile with a neighbour still to
+        be added: nothing can join it any more. Finished segments are ranked as `join` ranks them
+        (score, then first piece), so the result is the same; memory holds `keep` finished
+        segments and those of the tiles still open instead of every tile's instances.
+        """
+        members: dict[int, list[int]] = {}
+        open_roots = set()
+        for p in sorted(self.alive):
+            root = self._find(p)
+            members.setdefault(root, []).append(p)
+            if self.remaining[self.pieces[p].tile]:
+                open_roots.add(root)
+        finished = []
+        for root, group in members.items():
+            if root in open_roots:
+                continue
+            cored = [p for p in group if self.pieces[p].area]
+            if cored:
+                finished.append((-self._score(cored), cored[0], group))
+            else:
+                self._drop(group)  # no pixel in any core: never part of the result
+        for _, _, group in sorted(finished)[keep:]:
+            self._drop(group)
+
+    def _drop(self, group: list[int]) -> None:
+        for p in group:
+            self.pieces[p].crop, self.pieces[p].area = None, 0
+            self.alive.discard(p)
 
     def groups(self, stuff_by_class: bool) -> list[list[int]]:
         """Piece ids of each joined segment with core pixels, in order of their first piece."""
@@ -305,6 +343,8 @@ class _Joiner:
                 masks, labels, scores = (x.to(device) for x in (result.masks, result.labels, result.scores))
                 thing = torch.ones(labels.shape[0], dtype=torch.bool, device=device)
             self.add(index, masks.bool(), labels.long(), scores.float(), thing)
+            if task == "instance":
+                self.prune(top_k)
         h, w = size
         if task == "panoptic":
             canvas = torch.zeros(h, w, dtype=torch.long, device=device)
@@ -316,10 +356,12 @@ class _Joiner:
                                  "score": self._score(group), "area": sum(self.pieces[p].area for p in group)})
             return PanopticResult(canvas, segments)
         groups = self.groups(stuff_by_class=False)
-        scores = torch.tensor([self._score(g) for g in groups], dtype=torch.float32, device=device)
-        order = scores.argsort(descending=True, stable=True)[:top_k].tolist()
+        # Best score first, ties in order of the first piece: the ranking `prune` keeps to.
+        ranked = sorted((-self._score(g), g[0], n) for n, g in enumerate(groups))[:top_k]
+        order = [n for *_, n in ranked]
+        scores = torch.tensor([-r[0] for r in ranked], dtype=torch.float32, device=device)
         masks = torch.zeros(len(order), h, w, dtype=torch.bool, device=device)
         for n, g in enumerate(order):
             self._paint(masks[n], groups[g], True)
         labels = torch.tensor([self.pieces[groups[g][0]].label for g in order], dtype=torch.long, device=device)
-        return InstanceResult(masks, labels, scores[order])
+        return InstanceResult(masks, labels, scores)
