@@ -37,13 +37,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # `eomt.files`: the umask's mode, and the temporary files of killed writes removed.
         files.write_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Tensors and plain containers only, whatever the caller or `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`
+        asks: un-pickling a planted `last.ckpt` must not run its code (an explicit `weights_only=True`
+        wins over that variable). Our checkpoints hold nothing else."""
+        from eomt.training.rerun import read_training_checkpoint
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        return read_training_checkpoint(Path(path))
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (`eomt.files.write_atomic`)."""
     files.write_atomic(path, text)
 
 
-def build_network(cfg: ExperimentConfig) -> EoMT:
+def build_network(cfg: ExperimentConfig, trust_pickle: bool = False) -> EoMT:
     """A fresh network, initialised from `train.init` when given: an EoMT checkpoint (of another
     label space: all but the class head) or DINOv2 weights, told apart by `checkpoints.init_from`.
     A file that is neither, or that does not fit, raises a `CheckpointError` (ValueError)."""
@@ -53,7 +63,7 @@ def build_network(cfg: ExperimentConfig) -> EoMT:
     from eomt.checkpoints import CheckpointError, init_from
 
     try:
-        init_from(network, cfg.train.init, load_class_head=cfg.train.load_class_head)
+        init_from(network, cfg.train.init, load_class_head=cfg.train.load_class_head, trust_pickle=trust_pickle)
     except CheckpointError as e:
         raise CheckpointError(f"train.init: {e}") from None
     return network
@@ -139,7 +149,8 @@ def _short(values: Any, limit: int = 8) -> str:
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
-def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True) -> EoMTModule:
+def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
+          trust_pickle: bool = False) -> EoMTModule:
     """Train as configured in `train.out_dir`, which holds one run (see `eomt.training.rerun`).
 
     resume: "auto" continues the run in out_dir when its config is the same (a finished one is left
@@ -147,7 +158,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
     new values, or a checkpoint path. The data is checked first (`preflight`, cached). A refusal
     (`RunConflict`, `DataCheckFailed`) comes before anything in out_dir is written.
     Returns the trained module (with `last_metrics` after validation); for a finished run, its
-    module with the saved model and `already_finished` set.
+    module with the saved model and `already_finished` set. trust_pickle: let the `train.init`
+    file un-pickle Python objects (trusted files only); a checkpoint resumed from is always read
+    weights-only (`rerun.read_training_checkpoint`).
     """
     from eomt.training import preflight, rerun
 
@@ -197,7 +210,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True)
         write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if check:
             files.write_json(out / preflight.CACHE_NAME, check, indent=2)
-    module = EoMTModule(cfg.to_dict(), build_network(cfg))
+    module = EoMTModule(cfg.to_dict(), build_network(cfg, trust_pickle))
     module.total_steps = total_steps()
     if t.compile:
         module.network = torch.compile(module.network)  # type: ignore[assignment]
@@ -259,13 +272,13 @@ def eval_log_dir(checkpoint: str, out: str | None = None) -> Path:
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True,
-             log_dir: str | Path | None = None) -> tuple[dict[str, Any], bool]:
+             log_dir: str | Path | None = None, trust_pickle: bool = False) -> tuple[dict[str, Any], bool]:
     """Metrics of the model in `checkpoint` on the config's validation split, reduced over all
     processes, and whether this process is the global rank zero (the one that should report).
     Logs go to `log_dir` (default `eval_log_dir(checkpoint)`), not to the config's `train.out_dir`."""
     from eomt import checkpoints
 
-    network = checkpoints.load_model(checkpoint)
+    network = checkpoints.load_model(checkpoint, trust_pickle=trust_pickle)
     data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
     data.setup("validate")
     cfg = with_dataset_labels(cfg, data.val_set)
