@@ -173,6 +173,20 @@ def test_the_real_network_gives_results_at_the_original_size(task: str) -> None:
         assert result.labels.shape == (200, 300) and int(result.labels.max()) < 5
 
 
+@pytest.mark.parametrize("task", ["panoptic", "semantic"])
+def test_one_tile_covering_the_image_is_the_untiled_prediction(task: str) -> None:
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    model, threshold = _tiny(task), 0.0 if task == "panoptic" else None
+    want = Predictor(model, threshold=threshold).predict_one(image)
+    got = Predictor(model, threshold=threshold, tile=128).predict_one(image)
+    if task == "semantic":
+        assert torch.equal(got.labels, want.labels)
+        return
+    assert torch.equal(got.segmentation, want.segmentation) and got.segments
+    for g, w in zip(got.segments, want.segments, strict=True):
+        assert g == {**w, "score": pytest.approx(w["score"])}
+
+
 def test_predict_command_with_tiles(tmp_path: Path) -> None:
     model = _tiny("panoptic")
     checkpoint = save_model(model, tmp_path / "tiny.safetensors")
