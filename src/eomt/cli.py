@@ -48,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser: argparse.ArgumentParser, verb: str | None, extra: list[str]) -> str:
+    """One line naming the unknown arguments, with the closest option of the verb for a mistyped one."""
+    target = parser
+    if verb and parser._subparsers:  # type: ignore[union-attr]
+        target = parser._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
+    options = sorted({s for action in target._actions for s in action.option_strings if s.startswith("--")})
+    msgs = []
+    for item in extra:
+        name = item.split("=", 1)[0]
+        hint = difflib.get_close_matches(name, options, n=1, cutoff=0.7) if name.startswith("-") else []
+        msgs.append(f"{item!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    noun = "option" if all(e.startswith("-") for e in extra) else "argument"
+    return (f"{target.prog}: error: unrecognized {noun}{'s' if len(extra) > 1 else ''}: {', '.join(msgs)} "
+            f"(see {target.prog} --help)")
+
+
 class _NoAdverts(logging.Filter):
     """Drops third-party promotion lines (Lightning's "Tip: try installing ..."): not actionable."""
 
@@ -91,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        print(_unrecognized(parser, args.verb, extra), file=sys.stderr)
+        return 2
     _configure_output(args.verbose, engine=args.verb in ("train", "eval", "demo"))
     if args.version:
         from eomt import __version__

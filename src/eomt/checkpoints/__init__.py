@@ -26,9 +26,14 @@ from eomt.models.eomt import EoMT
 
 
 def save_official(model: EoMT, path: str | Path) -> Path:
-    """Write `to_official_state_dict(model)` with `torch.save`, atomically (e.g. pytorch_model.bin)."""
+    """Write `to_official_state_dict(model)` with `torch.save`, atomically (e.g. pytorch_model.bin),
+    and the model's config (class names, stuff classes, ids) beside it (`official.sidecar_path`)."""
+    from eomt.checkpoints.official import write_sidecar
+
     state = {k: v.to("cpu", copy=True) for k, v in to_official_state_dict(model).items()}
-    return save_torch(state, Path(path))
+    written = save_torch(state, Path(path))
+    write_sidecar(model.config, written)
+    return written
 
 
 __all__ = [

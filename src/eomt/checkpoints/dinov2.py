@@ -153,15 +153,9 @@ def _depth(sd: StateDict) -> int:
 def _read(source: str | Path | Mapping[str, Tensor], trust_pickle: bool) -> tuple[str, StateDict]:
     if isinstance(source, Mapping):
         return "DINOv2 state dict", dict(source)
-    path = Path(source)
-    if not path.exists():
-        from eomt.checkpoints.hub import looks_like_hub_id
+    from eomt.checkpoints.hub import resolve
 
-        if not looks_like_hub_id(str(source)):
-            raise CheckpointError(f"{source}: no such file or folder")
-        from eomt.checkpoints.hub import download
-
-        path = download(str(source))
+    path = resolve(source)  # a local path, else a hub id when nothing local could be meant
     if path.is_dir():
         sd, file = read_weights_in_folder(path, trust_pickle)
         return str(file), sd

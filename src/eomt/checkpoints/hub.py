@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -14,15 +15,52 @@ from eomt.checkpoints.io import CheckpointError
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".json")
+_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".json", ".pt2", ".onnx", ".ts", ".yaml")
 _TRUE = {"1", "true", "yes", "on"}
 
 
 def looks_like_hub_id(source: str) -> bool:
-    """`owner/name` that is not a local path and does not end like a file."""
+    """`owner/name` that nothing local could mean: no such path, no file suffix, and no local
+    folder named like its first part (`runs/dmeo` with a `runs/` folder here is a mistyped path)."""
     if not _HUB_ID.match(source) or source.lower().endswith(_FILE_SUFFIXES):
         return False
-    return not Path(source).exists()
+    return not Path(source).exists() and not Path(source.split("/", 1)[0]).is_dir()
+
+
+def resolve(source: str | Path) -> Path:
+    """The local file or folder `source` names, or the downloaded snapshot of a hub id.
+
+    A path that does not exist and could be meant locally raises `CheckpointError` at once,
+    naming the missing part and the closest names in the folder that does exist.
+    """
+    path = Path(source)
+    if path.exists():
+        return path
+    if looks_like_hub_id(str(source)):
+        return download(str(source))
+    raise CheckpointError(missing_path_message(path))
+
+
+def missing_path_message(path: Path) -> str:
+    """`PATH: no such file or folder`, with what the deepest existing folder holds that is close."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    msg = f"{path}: no such file or folder"
+    if parent.is_dir() and str(parent) not in ("", "."):
+        msg += f" ({parent} exists)"
+    try:
+        names = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        names = []
+    part = path.relative_to(parent).parts[0] if parent in path.parents else path.name
+    close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+    if close:
+        msg += f"; did you mean {parent / close[0] if str(parent) != '.' else close[0]}?"
+    first = str(path).split("/", 1)[0]
+    if _HUB_ID.match(str(path)) and not str(path).lower().endswith(_FILE_SUFFIXES) and Path(first).is_dir():
+        msg += f" (not tried as a hub id: the folder {first}/ is here)"
+    return msg
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:

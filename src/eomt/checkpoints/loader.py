@@ -24,7 +24,7 @@ import torch
 
 from eomt.checkpoints import dinov2, hf, official
 from eomt.checkpoints.fit import load_into, token_grid
-from eomt.checkpoints.hub import download, looks_like_hub_id
+from eomt.checkpoints.hub import resolve
 from eomt.checkpoints.infer import infer_config, preset_from_repo, with_label_space
 from eomt.checkpoints.io import (
     CheckpointError,
@@ -149,11 +149,7 @@ def read_source(source: str | Path, trust_pickle: bool = False) -> Source:
     Any EoMT layout is converted to ours; DINOv2 backbone weights come back as `family="dinov2"`.
     Raises `CheckpointError` naming the file for anything unreadable or of no known layout.
     """
-    path = Path(source)
-    if not path.exists():
-        if not looks_like_hub_id(str(source)):
-            raise CheckpointError(f"{source}: no such file or folder (and not an owner/name hub id)")
-        path = download(str(source))
+    path = resolve(source)  # a local path, else a hub id when nothing local could be meant
     if path.is_dir():
         file = find_weight_file(path)
         if not file.name.endswith(".index.json"):
@@ -173,6 +169,9 @@ def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> Source:
         cfg = config_from_lightning(ckpt, name)
         if cfg is not None:
             return Source(name, "eomt Lightning checkpoint", ours, cfg)
+        cfg = official.read_sidecar(Path(name))  # written by save_official: the label space
+        if cfg is not None:
+            return Source(name, f"official layout, config from {official.sidecar_path(Path(name)).name}", ours, cfg)
         released = any(k.startswith(official.PREFIX + official.BACKBONE) for k in sd)
         layout = "official EoMT release" if released else "EoMT Lightning state dict"
         return Source(name, layout + " (network.* keys)", ours)

@@ -3,16 +3,23 @@
 Our parameter names are the official ones without the prefix, except that the backbone sits at
 `backbone.*` instead of `encoder.backbone.*`. A checkpoint of our own training module uses
 `network.backbone.*`; both are read here.
+
+The official file holds tensors only: `save_official` writes the model's config (class names,
+stuff classes, category ids, input size) to a sidecar `<stem>.eomt.json` beside it, which
+`load_model` reads back, so a round trip through the official layout loses nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from eomt.checkpoints.io import CheckpointError, StateDict
+from eomt.checkpoints.io import CheckpointError, StateDict, write_atomic
+from eomt.config import ModelConfig
 from eomt.models.eomt import EoMT, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -80,3 +87,25 @@ def to_official_state_dict(model: EoMT) -> StateDict:
         key = PREFIX + BACKBONE + k[len("backbone."):] if k.startswith("backbone.") else PREFIX + k
         out[key] = v.detach()
     return out
+
+
+def sidecar_path(weights: Path) -> Path:
+    """`pytorch_model.bin` -> `pytorch_model.eomt.json`: where the config of an official file lives."""
+    return weights.with_name(weights.name.rsplit(".", 1)[0] + ".eomt.json")
+
+
+def write_sidecar(config: ModelConfig, weights: Path) -> Path:
+    """Write `config` (label space included) beside the official weight file `weights`."""
+    text = json.dumps({"model_config": config.to_dict()}, indent=2, sort_keys=True) + "\n"
+    return write_atomic(sidecar_path(weights), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_sidecar(weights: Path) -> ModelConfig | None:
+    """The config saved beside an official weight file by `save_official`, None without one."""
+    path = sidecar_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["model_config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable eomt sidecar config ({type(e).__name__}: {e})") from None

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
                    help="resample the position embedding to this input size (N or H W)")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="allow checkpoints that pickle Python objects besides tensors (trusted files only)")
+                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
+                        "TorchScript file): only for files whose source you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,4 +46,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.config
     print(f"{args.source} -> {written} ({args.to}; {cfg.name or 'custom config'}, "
           f"{cfg.num_classes} classes, img_size {cfg.img_size[0]}x{cfg.img_size[1]})")
+    if args.to == "official":
+        from eomt.checkpoints.official import sidecar_path
+
+        print(f"class names, stuff classes and category ids: {sidecar_path(written)} (keep it beside "
+              f"{written.name}; the official code reads tensors only)")
     return 0
