@@ -68,21 +68,78 @@ def evaluate_all_tasks(network: Any, dataset: Any, batch_size: int = 8) -> dict[
     return out
 
 
+# The demo's scenes are small (128 px): each panel is enlarged (nearest, whole factors) to at least
+# this longer side, so that shapes, outlines and the legend are large enough to judge.
+PANEL_SIZE = 512
+
+
+def ground_truth_result(target: Any, stuff_classes: Any) -> Any:
+    """A `PanopticResult` of a target's segments (mask j -> segment id j + 1), for drawing."""
+    from eomt.structures import PanopticResult
+
+    masks = target.masks.cpu()  # (N, H, W) bool
+    segmentation = torch.zeros(masks.shape[-2:], dtype=torch.long)
+    segments = []
+    for j, (mask, label) in enumerate(zip(masks, target.labels.tolist())):
+        segmentation[mask] = j + 1
+        segments.append({"id": j + 1, "category_id": int(label), "isthing": int(label) not in stuff_classes,
+                         "score": 1.0, "area": int(mask.sum())})
+    return PanopticResult(segmentation, segments)
+
+
+def side_by_side(image: torch.Tensor, truth: Any, prediction: Any, class_names: Any) -> Any:
+    """One picture: the input, the ground truth and the prediction (each overlay with its legend),
+    enlarged to `PANEL_SIZE` and titled."""
+    from PIL import Image, ImageDraw
+
+    from eomt.inference.visualize import legend_font, overlay
+
+    factor = max(1, -(-PANEL_SIZE // max(image.shape[-2:])))  # ceil
+
+    def big(x: torch.Tensor) -> torch.Tensor:  # (..., H, W) -> (..., H*f, W*f), nearest
+        return x.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+    def enlarged(result: Any) -> Any:
+        return type(result)(big(result.segmentation), result.segments)
+
+    image = big(image)
+    panels = [
+        ("input", Image.fromarray(image.permute(1, 2, 0).cpu().numpy())),
+        ("ground truth", overlay(image, enlarged(truth), class_names=class_names)),
+        ("prediction", overlay(image, enlarged(prediction), class_names=class_names)),
+    ]
+    h = image.shape[-2]
+    font = legend_font(h, image.shape[-1])
+    title = int(font.getbbox("Ag")[3] * 1.6)
+    gap = max(4, h // 64)
+    canvas = Image.new("RGB", (sum(p.width for _, p in panels) + gap * (len(panels) - 1),
+                               title + max(p.height for _, p in panels)), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for name, panel in panels:
+        draw.text((x + gap, title // 5), name, fill=(235, 235, 235), font=font)
+        canvas.paste(panel, (x, title))
+        x += panel.width + gap
+    return canvas
+
+
 def draw_predictions(network: Any, dataset: Any, out_dir: Path, count: int = 6) -> list[Path]:
-    """Overlay PNGs of the panoptic predictions of the first `count` scenes of `dataset`."""
+    """`scene<i>_overlay.png` for the first `count` scenes of `dataset`: input, ground truth and
+    panoptic prediction side by side (`side_by_side`)."""
     from eomt.inference.io import write_png
     from eomt.inference.predictor import Predictor
-    from eomt.inference.visualize import overlay
     from eomt.training.data_module import to_chw
 
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(network, task="panoptic")
+    stuff = set(network.config.stuff_classes)
     written = []
     for i in range(min(count, len(dataset))):
-        image = to_chw(dataset[i][0])
+        array, target = dataset[i]
+        image = to_chw(array)
         result = predictor.predict_tensors([image])[0]
-        picture = overlay(image, result, class_names=network.config.class_names)
-        written.append(write_png(out_dir / f"scene{i:03d}_panoptic.png", picture))
+        picture = side_by_side(image, ground_truth_result(target, stuff), result, network.config.class_names)
+        written.append(write_png(out_dir / f"scene{i:03d}_overlay.png", picture))
     return written
 
 

@@ -13,6 +13,7 @@ makes intermediate predictions, which an exported graph would freeze at trace ti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -117,14 +118,34 @@ def export_model(
         config = model.config.replace(img_size=size)
         meta = {CONFIG_KEY: json.dumps(config.to_dict()), INPUT_KEY: json.dumps([batch, 3, *size])}
         # Tracing warns about every Python branch on shapes; they are expected at a fixed size.
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_logs():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r".*LeafSpec")  # torch.export's own deprecation
             exporters[format](net, example, path, meta, opset)
     finally:
         model.set_attn_mask_probs(saved_probs)
         model.train(was_training)
     log.info("exported %s network at input %s to %s", format, (batch, 3, *size), path)
     return path
+
+
+# The ONNX exporter and its optimizer log every pass (about 80 lines for EoMT: deduplicated
+# initializers, removed nodes, an opset fallback, skipped torchvision ops), none of which a user
+# can act on; while exporting, only their errors pass.
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Any:
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _export_onnx(

@@ -293,7 +293,10 @@ def _as_chw_uint8(image: Tensor | np.ndarray) -> Tensor:
             raise ValueError(
                 f"TrainTransform: numpy image {image.shape} {image.dtype}; expected (H, W, 3) uint8"
             )
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W)
+        # A read-only array (`np.asarray` of a PIL image) is copied: torch would share a buffer it
+        # must not write to (and warn about it); a writable contiguous one is shared as it is.
+        image = np.array(image, order="C", copy=not image.flags.writeable or None)
+        return torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W)
     if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
         raise ValueError(
             f"TrainTransform: image tensor {tuple(image.shape)} {image.dtype}; "

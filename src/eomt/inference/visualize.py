@@ -18,6 +18,28 @@ from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 _BOUNDARY = np.array([255, 255, 255], dtype=np.uint8)
 _LEGEND_MAX_ROWS = 40
+# Legend text and outlines are sized for the picture seen whole on a screen: up to this longer side
+# they keep their base size (11 px text, 1 px outlines), above it they grow in proportion.
+_VIEW_SIZE = 800
+_FONT_SIZE = 11
+
+
+def view_scale(height: int, width: int) -> float:
+    """How much larger than on a `_VIEW_SIZE` picture legend text and outlines are drawn (>= 1)."""
+    return max(1.0, max(height, width) / _VIEW_SIZE)
+
+
+def outline_width(height: int, width: int) -> int:
+    """Segment outline thickness in pixels for a picture of this size."""
+    return max(1, round(view_scale(height, width)))
+
+
+def legend_font(height: int, width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The legend font for a picture of this size (Pillow's default face, scaled)."""
+    try:
+        return ImageFont.load_default(size=round(_FONT_SIZE * view_scale(height, width)))
+    except (TypeError, ImportError):  # Pillow < 10.1 or without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def class_colors(class_ids: Tensor | Sequence[int]) -> np.ndarray:
@@ -53,11 +75,17 @@ def instance_colors(labels: Tensor | Sequence[int]) -> np.ndarray:
     return np.round(mixed).clip(0, 255).astype(np.uint8)
 
 
-def boundaries(ids: Tensor) -> Tensor:
-    """(H, W) bool: pixels whose right or lower neighbour carries a different id."""
+def boundaries(ids: Tensor, width: int = 1) -> Tensor:
+    """(H, W) bool: pixels whose right or lower neighbour carries a different id, the lines
+    thickened to `width` pixels (across: right of vertical lines, below horizontal ones)."""
     edge = torch.zeros_like(ids, dtype=torch.bool)
     edge[:, :-1] |= ids[:, 1:] != ids[:, :-1]
     edge[:-1, :] |= ids[1:, :] != ids[:-1, :]
+    if width > 1:
+        thin = edge.clone()
+        for k in range(1, min(width, *ids.shape)):
+            edge[:, k:] |= thin[:, :-k]
+            edge[k:, :] |= thin[:-k, :]
     return edge
 
 
@@ -76,13 +104,14 @@ def _blend(image: Tensor, ids: Tensor, colors: np.ndarray, alpha: float) -> np.n
     covered = (ids_np > 0)[..., None]
     out = np.where(covered, (1 - alpha) * base + alpha * paint, base)
     out = np.round(out).astype(np.uint8)
-    out[boundaries(ids.cpu()).numpy()] = _BOUNDARY
+    out[boundaries(ids.cpu(), outline_width(*ids.shape[-2:])).numpy()] = _BOUNDARY
     return out
 
 
 def _with_legend(picture: np.ndarray, entries: list[tuple[str, np.ndarray]]) -> Image.Image:
     """Append a legend panel (colour swatch + name per entry) to the right of the picture."""
-    font = ImageFont.load_default()
+    h, w = picture.shape[:2]
+    font = legend_font(h, w)
     if not entries:
         entries = [("(nothing found)", np.array([80, 80, 80], dtype=np.uint8))]
     shown = entries[:_LEGEND_MAX_ROWS]
@@ -90,17 +119,18 @@ def _with_legend(picture: np.ndarray, entries: list[tuple[str, np.ndarray]]) -> 
         shown.append((f"... +{len(entries) - len(shown)} more", np.array([80, 80, 80], dtype=np.uint8)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [probe.textbbox((0, 0), name, font=font) for name, _ in shown]
-    row = max(b[3] - b[1] for b in boxes) + 6
-    swatch = row - 4
-    width = 3 * 4 + swatch + max(b[2] - b[0] for b in boxes)
-    h, w = picture.shape[:2]
-    canvas = Image.new("RGB", (w + width, max(h, row * len(shown) + 4)), (24, 24, 24))
+    pad = max(2, round(2 * view_scale(h, w)))  # margins grow with the text
+    row = max(b[3] for b in boxes) + 3 * pad
+    swatch = row - 2 * pad
+    width = 6 * pad + swatch + max(b[2] - b[0] for b in boxes)
+    canvas = Image.new("RGB", (w + width, max(h, row * len(shown) + 2 * pad)), (24, 24, 24))
     canvas.paste(Image.fromarray(picture), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for j, (name, color) in enumerate(shown):
-        y = 2 + j * row
-        draw.rectangle([w + 4, y + 2, w + 4 + swatch, y + 2 + swatch], fill=tuple(int(c) for c in color))
-        draw.text((w + 8 + swatch + 4, y + 1), name, fill=(235, 235, 235), font=font)
+        y = pad + j * row
+        draw.rectangle([w + 2 * pad, y + pad, w + 2 * pad + swatch, y + pad + swatch],
+                       fill=tuple(int(c) for c in color))
+        draw.text((w + 4 * pad + swatch, y + pad // 2), name, fill=(235, 235, 235), font=font)
     return canvas
 
 

@@ -95,6 +95,8 @@ def make_trainer(cfg: ExperimentConfig, *, progress: bool = True, extra_callback
         save_on_train_epoch_end=True,
         auto_insert_metric_name=False,
     )
+    from eomt.training.progress import console_callbacks
+
     precision = t.precision
     if precision == "16-mixed" and not torch.cuda.is_available():
         log.warning("train.precision=16-mixed needs CUDA; using bf16-mixed on the CPU")
@@ -112,7 +114,8 @@ def make_trainer(cfg: ExperimentConfig, *, progress: bool = True, extra_callback
         gradient_clip_val=None,
         check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps,
-        callbacks=[checkpoint, *(extra_callbacks or [])],
+        # Progress in optimizer steps (done/total, rate, ETA), whether epochs or max_steps drive the run.
+        callbacks=[checkpoint, *console_callbacks(progress), *(extra_callbacks or [])],
         logger=_loggers(out),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # our samplers shard and resume themselves
