@@ -22,6 +22,7 @@ from eomt.inference.predictor import Predictor
 from eomt.inference.tiling import make_tiles, predict_tiled
 from eomt.models import EoMT
 from eomt.models.eomt import EoMTOutput
+from eomt.structures import SemanticResult
 
 # (colour, class): grey is stuff (class 3); each disc has a colour of its own, classes repeat.
 PALETTE = [
@@ -126,6 +127,20 @@ def test_objects_across_tile_borders_come_out_as_untiled(task: str) -> None:
         areas = torch.bincount(tiled.segmentation.flatten())
         assert [s["area"] for s in tiled.segments] == areas[1:].tolist()
         assert [s["isthing"] for s in tiled.segments] == [s["category_id"] != 3 for s in tiled.segments]
+
+
+def test_semantic_scores_blend_with_weights_ramping_over_the_overlap() -> None:
+    # Two tiles side by side, sharing x in [48, 64): the left one says class 0, the right one
+    # class 1, everywhere. Their weights cross in the middle of the overlap, at the core seam 56.
+    def run(tiles: list[torch.Tensor]) -> list[SemanticResult]:
+        scores = torch.zeros(2, 64, 64)
+        scores[int(tiles[0].float().mean() > 100)] = 1.0  # the right half of the image is brighter
+        return [SemanticResult(scores.argmax(0), scores)]
+
+    image = torch.zeros(3, 64, 112, dtype=torch.uint8)
+    image[:, :, 56:] = 255
+    result = predict_tiled(image, run, "semantic", 64, 16)
+    assert bool((result.labels[:, :56] == 0).all()) and bool((result.labels[:, 56:] == 1).all())
 
 
 def test_instance_top_k_keeps_the_best_joined_instances() -> None:

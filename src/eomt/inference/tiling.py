@@ -18,9 +18,10 @@ The rule that joins the tiles:
   only its pixels inside the tile's core. Two segments of overlapping tiles are the same thing when
   they have the same class and, over the rectangle both tiles cover, their IoU is at least
   `merge_iou` (0.5); "same thing" is transitive (union-find over all tiles). A joined segment is the
-  union of its pieces' core pixels, its score their core-area-weighted mean. A thing no larger than
-  the overlap therefore comes out whole even when it crosses a seam, and two things of one class
-  that touch across a seam stay two, because their masks do not overlap.
+  union of its pieces' core pixels, its score their core-area-weighted mean. A thing crossing a
+  seam comes out whole when the tiles agree on it where they overlap (a thing that fits in the
+  overlap is seen whole by both); two things of one class that touch across a seam stay two,
+  because their masks do not overlap.
 - panoptic stuff: stuff segments of one class are one segment over the whole image (as the
   untiled post-processing merges stuff queries), each pixel from the tile whose core holds it.
 - semantic: the per-pixel class scores of every tile covering a pixel are averaged with weights
@@ -28,11 +29,12 @@ The rule that joins the tiles:
   border), then the label is the best class.
 - instance: after joining, the `top_k` best instances of the whole image are kept.
 
-Memory grows with the tile, not the image: tiles go through the network `batch_size` at a time,
-a tile's result is reduced at once to its core pieces (cropped to their boxes) and to the masks
-it shares with the tiles still to come; semantic scores are held for one row of tiles; finished
-instances beyond the `top_k` best are dropped as the tiles go. Only the result itself is
-image-sized.
+The network and the post-processing work on one tile at a time (`batch_size` tiles per forward
+pass), never on the whole image. A tile's result is reduced at once to its core pieces (boolean
+crops, at most one bit per image pixel per kept segment) and to the masks it shares with tiles
+still to come; finished instances beyond the `top_k` best are dropped as the tiles go; semantic
+scores are held for one row of tiles (C x tile x W floats), and its rows are labelled as soon as
+no later tile covers them.
 """
 
 from __future__ import annotations
@@ -142,15 +144,15 @@ def _semantic(results, tiles: list[Tile], size: tuple[int, int], overlap: int, d
     h, w = size
     labels = torch.empty(h, w, dtype=torch.long, device=device)
     rows = sorted({(t.row, t.y0, t.y1) for t in tiles})
-    band: Tensor | None = None  # (C, y1 - y0, W) weighted score sums of the current tile row
-    weights = torch.zeros(0, w, device=device)  # (y1 - y0, W) their weight sums
+    # (C, y1 - y0, W) weighted score sums of the current row of tiles. The weighted average would
+    # divide them by the weight sum, which is positive everywhere: the best class is the same.
+    band: Tensor | None = None
     current = -1
 
     def finish(until: int) -> None:
         """Labels of the band's rows above image row `until`, which no later tile covers."""
         y0 = rows[current][1]
         done = until - y0
-        # The weight sum is positive everywhere, so it cannot change which class is best.
         labels[y0:until] = band[:, :done].argmax(0)
 
     for _, t, result in results:
@@ -162,20 +164,17 @@ def _semantic(results, tiles: list[Tile], size: tuple[int, int], overlap: int, d
                 finish(y0)
                 keep = rows[current][2] - y0  # rows this band shares with the next one
                 new = band.new_zeros(band.shape[0], y1 - y0, w)
-                new_w = weights.new_zeros(y1 - y0, w)
                 if keep > 0:
-                    new[:, :keep], new_w[:keep] = band[:, -keep:], weights[-keep:]
-                band, weights = new, new_w
+                    new[:, :keep] = band[:, -keep:]
+                band = new
             else:
                 band = torch.zeros(result.scores.shape[0], y1 - y0, w, device=device)
-                weights = torch.zeros(y1 - y0, w, device=device)
             current = t.row
         y0 = rows[current][1]
         wy = _ramp(t.y1 - t.y0, overlap, t.y0 > 0, t.y1 < h, device)
         wx = _ramp(t.x1 - t.x0, overlap, t.x0 > 0, t.x1 < w, device)
         weight = wy[:, None] * wx[None, :]  # (th, tw)
         band[:, t.y0 - y0 : t.y1 - y0, t.x0 : t.x1] += result.scores.to(device).float() * weight
-        weights[t.y0 - y0 : t.y1 - y0, t.x0 : t.x1] += weight
     finish(h)
     return SemanticResult(labels)
 
