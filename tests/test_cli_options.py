@@ -82,6 +82,15 @@ def test_predict_option_errors_name_the_option(checkpoint: Path, tmp_path: Path,
     assert not (tmp_path / "o").exists()  # refused before anything was loaded or written
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threshold": 2.0}, r"threshold: 2 is not a score"), ({"top_k": 0}, "top_k: 0 must be at least 1"),
+    ({"compile": "bogus"}, "compile: unknown mode 'bogus'"), ({"mask_threshold": 1.5}, "mask_threshold: 1.5"),
+])
+def test_predictor_options_are_checked_before_loading(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Predictor("no/such/model.safetensors", **kwargs)  # the option, not the missing file
+
+
 def test_predict_refuses_an_out_that_is_a_file(checkpoint: Path, tmp_path: Path) -> None:
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("mine")

@@ -65,9 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "files) are already in --out")
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def check_options(args: argparse.Namespace) -> None:
     """One ValueError line naming the first option out of its range, before anything is loaded."""
     fractions = {"--threshold": args.threshold, "--mask-threshold": args.mask_threshold,
@@ -78,6 +75,8 @@ def check_options(args: argparse.Namespace) -> None:
     for name, value in {"--top-k": args.top_k, "--batch-size": args.batch_size}.items():
         if value < 1:
             raise ValueError(f"{name}: {value} must be at least 1")
+    from eomt.inference.predictor import COMPILE_MODES
+
     if args.compile is not None and args.compile not in COMPILE_MODES:
         hint = difflib.get_close_matches(args.compile, COMPILE_MODES, n=1)
         raise ValueError(

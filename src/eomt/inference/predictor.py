@@ -59,6 +59,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_options(*, threshold: float | None, mask_threshold: float, overlap_threshold: float, top_k: int,
+                  compile: bool | str) -> None:
+    """ValueError naming the first `Predictor` option out of its range (before a model is loaded)."""
+    for name, value in {"threshold": threshold, "mask_threshold": mask_threshold,
+                        "overlap_threshold": overlap_threshold}.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: {value:g} is not a score; expected a number in [0, 1]")
+    if top_k < 1:
+        raise ValueError(f"top_k: {top_k} must be at least 1")
+    if isinstance(compile, str) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile: unknown mode {compile!r} (expected True, False or one of: {', '.join(COMPILE_MODES)})")
 
 
 class Predictor:
@@ -106,6 +120,8 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
+        check_options(threshold=threshold, mask_threshold=mask_threshold,
+                      overlap_threshold=overlap_threshold, top_k=top_k, compile=compile)
         callers = isinstance(model, EoMT)
         name = str(model) if isinstance(model, (str, Path)) else "model"
         if isinstance(model, (str, Path)) and Path(model).suffix in EXPORTED_SUFFIXES:
