@@ -240,3 +240,17 @@ def test_a_killed_run_resumes_with_skip_existing_to_the_same_results(model_file:
     assert _predict(model_file, [str(images)], out, "--skip-existing") == 0
     assert (out / "im00_overlay.png").stat().st_mtime_ns == before
     assert (out / "panoptic.json").read_bytes() == (full / "panoptic.json").read_bytes()
+
+
+def test_skip_existing_redoes_images_predicted_with_other_options(model_file: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    images = _images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    assert _predict(model_file, [str(images)], out) == 0
+    assert _predict(model_file, [str(images)], out, "--skip-existing") == 0
+    assert "(2 already there)" in capsys.readouterr().out
+    assert main(["predict", "--model", str(model_file), str(images), "--out", str(out), "--threshold", "0.5",
+                 "--skip-existing"]) == 0
+    assert "already there" not in capsys.readouterr().out
+    latest = {r["stem"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert len(latest) == 2 and {r["settings"]["threshold"] for r in latest.values()} == {0.5}

@@ -3,9 +3,9 @@ file at the end, the dataset's image ids.
 
 - `results.jsonl`: one JSON line per finished image, appended after the image's PNGs are in place
   (so a line means its files are complete): {"stem", "source", "file_name", "image_id", "height",
-  "width", "task", "outputs", and "segments_info" (panoptic) or "instances" (instance)}. A rerun with
-  `--skip-existing` passes over every image whose line and files exist; a line cut short by a kill
-  is dropped (that image is done again).
+  "width", "task", "settings", "outputs", and "segments_info" (panoptic) or "instances" (instance)}.
+  A rerun with `--skip-existing` passes over every image whose line (of the same model, task and
+  options) and files exist; a line cut short by a kill is dropped (that image is done again).
 - `merge`: the lines of this run's inputs, in input order, as `panoptic.json` (COCO panoptic:
   "images", "annotations", "categories") or `instances.json` (COCO results: a list; the file name
   beside each `image_id`). Image ids are taken afresh from this run's inputs, never from old lines.
@@ -111,10 +111,11 @@ class ResultLog:
         else:
             files.write_atomic(self.path, "")
 
-    def done(self, stem: str, source: str, task: str, out: Path) -> bool:
-        """True when `stem` has a line of this task and source, and every file it names exists."""
+    def done(self, stem: str, source: str, settings: dict[str, Any], out: Path) -> bool:
+        """True when `stem` has a line of this source made with these settings (model, task,
+        thresholds: JSON values), and every file it names exists."""
         r = self.records.get(stem)
-        return (r is not None and r.get("task") == task and r.get("source") == source
+        return (r is not None and r.get("source") == source and r.get("settings") == settings
                 and all((out / name).is_file() for name in r.get("outputs", [])))
 
     def append(self, record: dict[str, Any]) -> None:
