@@ -13,6 +13,7 @@ An unreadable image is reported by name and skipped; the exit code is 1 if any i
 from __future__ import annotations
 
 import argparse
+import difflib
 import glob
 import json
 import sys
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "context at each seam, at the cost of more tiles (default: SIZE // 4)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="let the model file run code when it is loaded (pickled Python objects, a .ts "
+                             "TorchScript file): only for files whose source you trust")
     parser.add_argument("--category-ids", type=Path, default=None,
                         help="JSON list mapping class index -> dataset category id for the JSON outputs "
                              "(default: the ids stored in the checkpoint, else the class index)")
@@ -59,6 +63,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-existing", action="store_true",
                         help="resume: pass over images whose results (a line in results.jsonl and its "
                              "files) are already in --out")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """One ValueError line naming the first option out of its range, before anything is loaded."""
+    fractions = {"--threshold": args.threshold, "--mask-threshold": args.mask_threshold,
+                 "--overlap-threshold": args.overlap_threshold, "--vis-threshold": args.vis_threshold}
+    for name, value in fractions.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: {value:g} is not a score; expected a number in [0, 1]")
+    for name, value in {"--top-k": args.top_k, "--batch-size": args.batch_size}.items():
+        if value < 1:
+            raise ValueError(f"{name}: {value} must be at least 1")
+    from eomt.inference.predictor import COMPILE_MODES
+
+    if args.compile is not None and args.compile not in COMPILE_MODES:
+        hint = difflib.get_close_matches(args.compile, COMPILE_MODES, n=1)
+        raise ValueError(
+            f"--compile: unknown mode {args.compile!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (expected --compile alone or one of: {', '.join(COMPILE_MODES)})"
+        )
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out: {args.out} is a file; expected an output folder (created if missing)")
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -120,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from eomt.inference.predictor import Predictor
     from eomt.inference.visualize import overlay
 
+    check_options(args)
     paths = collect_inputs(args.inputs)
     writers.check_out_folder(args.out, args.inputs)
     ids = writers.image_ids(paths, args.images_json)
@@ -128,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile or False,
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
-        tile=args.tile, tile_overlap=args.tile_overlap,
+        tile=args.tile, tile_overlap=args.tile_overlap, trust_pickle=args.trust_pickle,
     )
     cfg, task, out = predictor.config, predictor.task, args.out
     # The dataset ids the model was trained with (kept in its checkpoint), unless given here.
