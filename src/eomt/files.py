@@ -68,7 +68,7 @@ def _is_stale(path: Path, pid: int | None) -> bool:
     except OSError:
         return False
     if pid is None:  # no owner recorded: stale when older than this process
-        return mtime < _STARTED
+        return mtime < (_process_start(os.getpid()) or _STARTED)
     if not _alive(pid):
         return True
     started = _process_start(pid)
