@@ -113,6 +113,8 @@ def predict_tiled(
     run: the untiled predictor on a list of (3, h, w) tiles, one result per tile at the tile's
     size; for "semantic" each result must carry its class scores (C, h, w).
     """
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile}, >= 1)")
     h, w = int(image.shape[-2]), int(image.shape[-1])
     tiles = make_tiles(h, w, tile, overlap)
 
@@ -193,6 +195,14 @@ class _Piece:
     crop: Tensor | None  # (h, w) bool; None when the segment has no pixel in the core
 
 
+def _extent(occupied: Tensor) -> Tensor:
+    """(K, 2) [first, last + 1] of the True entries of each row of a (K, n) bool tensor."""
+    n = occupied.shape[1]
+    first = occupied.byte().argmax(1)  # the first maximum: the first True
+    last = n - occupied.flip(1).byte().argmax(1)
+    return torch.stack([first, last], 1)
+
+
 class _Joiner:
     """Joins the thing and stuff segments of tiles into segments of the image (the module rule)."""
 
@@ -239,14 +249,12 @@ class _Joiner:
         # Pieces: the core pixels of every segment, cropped to their box.
         core = masks[:, t.cy0 - t.y0 : t.cy1 - t.y0, t.cx0 - t.x0 : t.cx1 - t.x0]  # (K, ch, cw)
         areas = core.flatten(1).sum(1).tolist()
-        rows_any, cols_any = core.any(2), core.any(1)  # (K, ch), (K, cw)
-        for k, (label, score, is_thing, area) in enumerate(
-            zip(labels.tolist(), scores.tolist(), thing.tolist(), areas)
+        boxes = torch.cat([_extent(core.any(2)), _extent(core.any(1))], 1).tolist()  # (K, 4)
+        for k, (label, score, is_thing, area, (a, b, c, d)) in enumerate(
+            zip(labels.tolist(), scores.tolist(), thing.tolist(), areas, boxes)
         ):
             crop, y0, x0 = None, t.cy0, t.cx0
             if area:
-                ys, xs = rows_any[k].nonzero()[:, 0], cols_any[k].nonzero()[:, 0]
-                a, b, c, d = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
                 crop, y0, x0 = core[k, a:b, c:d].clone(), t.cy0 + a, t.cx0 + c
             self.alive.add(len(self.pieces))
             self.pieces.append(_Piece(index, label, score, is_thing, area, y0, x0, crop))
@@ -263,8 +271,9 @@ class _Joiner:
             inter = masks_i.float() @ masks_j.float().t()  # (K_i, K_j) shared pixels
             union = masks_i.sum(1)[:, None] + masks_j.sum(1)[None, :] - inter
             same = (inter >= self.merge_iou * union) & (inter > 0) & (labels_i[:, None] == thing_labels[None, :])
-            for a, b in same.nonzero().tolist():
-                self._union(int(ids_i[a]), int(thing_ids[b]))
+            a, b = same.nonzero().unbind(1)
+            for p, q in zip(ids_i[a].tolist(), thing_ids[b].tolist()):
+                self._union(p, q)
         for j, rect in self.later[index]:
             m = region(rect)[thing]
             present = m.any(1)
@@ -342,7 +351,8 @@ class _Joiner:
                 masks, labels, scores = (x.to(device) for x in (result.masks, result.labels, result.scores))
                 thing = torch.ones(labels.shape[0], dtype=torch.bool, device=device)
             self.add(index, masks.bool(), labels.long(), scores.float(), thing)
-            if task == "instance":
+            row_done = index + 1 == len(self.tiles) or self.tiles[index + 1].row != self.tiles[index].row
+            if task == "instance" and row_done:
                 self.prune(top_k)
         h, w = size
         if task == "panoptic":
