@@ -86,6 +86,8 @@ class StepProgressBar(ProgressBar):
         shown = ", ".join([f"epoch {trainer.current_epoch}", *(f"{k} {_short(v)}" for k, v in metrics.items())])
         self._train.set_postfix_str(shown, refresh=False)
         self._train.update(trainer.global_step - self._train.n)  # steps, whatever the accumulation
+        if self._train.total is not None and self._train.n >= self._train.total:
+            self.on_train_end(trainer, pl_module)  # done: end the line before Lightning's closing log
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._train is not None:
