@@ -116,16 +116,19 @@ def test_predict_missing_model_path_is_missing(tmp_path: Path, capsys: pytest.Ca
     assert "runs/dmeo: no such file or folder" in capsys.readouterr().err and no_hub == []
 
 
-def test_an_unannealed_model_warns_when_predicting(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unannealed_checkpoint_warns_when_predicting(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = EoMT(tiny_config())
     model.set_attn_mask_probs([0.0, 0.5])
+    path = save_model(model, tmp_path / "unfinished.safetensors")
     with caplog.at_level(logging.WARNING):
-        Predictor(model)
-    assert [r for r in caplog.records if "not fully annealed" in r.getMessage()]
+        Predictor(path)
+    lines = [r.getMessage() for r in caplog.records if "not fully annealed" in r.getMessage()]
+    assert len(lines) == 1 and "unfinished.safetensors" in lines[0] and "[0.0, 0.5]" in lines[0]
     caplog.clear()
     model.set_attn_mask_probs([0.0, 0.0])
     with caplog.at_level(logging.WARNING):
-        Predictor(model)
+        Predictor(save_model(model, tmp_path / "annealed.safetensors"))
+        Predictor(EoMT(tiny_config()))  # a network passed in: the caller's (validation during training)
     assert not [r for r in caplog.records if "not fully annealed" in r.getMessage()]
 
 

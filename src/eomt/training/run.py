@@ -223,7 +223,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     if trainer.interrupted:
         return module
     # The final state, whatever step the last periodic checkpoint was at: a rerun sees it finished.
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    # weights_only=False: the full state (optimizer, loops), as the periodic checkpoints; said
+    # explicitly, Lightning logs no "`weights_only` was not set" line.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         from eomt.checkpoints import save_model
 
