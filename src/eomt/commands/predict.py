@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="PIXELS",
                         help="with --tile: pixels shared by neighbouring tiles; more gives the network more "
                              "context at each seam, at the cost of more tiles (default: SIZE // 4)")
+    parser.add_argument("--max-pixels", type=int, default=178_956_970, metavar="N",
+                        help="refuse image files announcing more pixels, before decoding (a decompression "
+                             "bomb guard; 0: no limit; default: 178956970, Pillow's own limit)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -156,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
         tile=args.tile, tile_overlap=args.tile_overlap, trust_pickle=args.trust_pickle,
+        max_pixels=args.max_pixels or None,
     )
     cfg, task, out = predictor.config, predictor.task, args.out
     # The dataset ids the model was trained with (kept in its checkpoint), unless given here.
@@ -217,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             continue
         try:
-            pending.append((index, read_image(path)))
+            pending.append((index, read_image(path, args.max_pixels or None)))
         except (ImageReadError, OSError) as e:
             failed.append(str(path))
             tqdm.write(f"eomt predict: skipped {e}", file=sys.stderr)

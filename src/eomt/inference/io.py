@@ -4,13 +4,24 @@ Every image, whatever it arrives as (path, PIL image, numpy array, tensor), beco
 (3, H, W) by the rule of `eomt.images`, the same the datasets read with: EXIF orientation applied,
 grayscale / palette / CMYK converted, alpha composited onto white, 16-bit samples scaled to 8 bits.
 A file that is missing, not an image, or truncated raises one clear line naming the file.
+
+A file whose header announces more than `max_pixels` pixels (default `DEFAULT_MAX_PIXELS`) is
+refused before anything is decoded: a few hundred bytes of PNG can claim gigapixels of one colour
+(a decompression bomb), and every pixel costs memory downstream (the RGB image, the
+post-processing's per-pixel state, the overlay). The default is Pillow's own refusal limit
+(2 x `PIL.Image.MAX_IMAGE_PIXELS` = 178,956,970 pixels, e.g. 16384 x 10922: any camera photo or
+scan up to ~180 MP); a caller may lower or raise it (`None`: no limit): Pillow's own check steps
+aside, this one decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 import torch
@@ -21,20 +32,62 @@ from eomt import files
 from eomt.files import write_atomic
 from eomt.images import ImageReadError, array_to_rgb, to_rgb
 
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's refusal limit (2 x its MAX_IMAGE_PIXELS of 89,478,485)
+_PILLOW_LIMIT = threading.Lock()
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image file whose header announces more pixels than the limit allows."""
+
+
+@contextlib.contextmanager
+def _pillow_check_lifted(lift: bool = True) -> Iterator[None]:
+    """Pillow's decompression-bomb warning silenced and, with `lift`, its error lifted: our own
+    check (`read_image`) decides instead. Pillow reads its limit from its module, so the lift
+    holds a lock and restores the value after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if not lift:
+            yield
+            return
+        with _PILLOW_LIMIT:
+            pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 
 
-def read_image(path: str | Path) -> Tensor:
-    """Read an image file as RGB uint8 (3, H, W), EXIF orientation applied."""
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Read an image file as RGB uint8 (3, H, W), EXIF orientation applied.
+
+    Raises ImageTooLargeError, before decoding, when the file announces more than `max_pixels`
+    pixels (None: no limit)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so that a truncated file fails here and not later
+        with _pillow_check_lifted():
+            img = Image.open(path)  # reads the header only
+        with img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{path}: {w} x {h} = {w * h:,} pixels is more than the limit of {max_pixels:,} "
+                    "(a decompression bomb?); not decoded. If the image is genuine, raise the limit "
+                    "(--max-pixels / max_pixels=)"
+                )
+            pillow = Image.MAX_IMAGE_PIXELS
+            with _pillow_check_lifted(pillow is not None and w * h > pillow):  # some formats check again
+                img.load()  # decode now, so that a truncated file fails here and not later
             return pil_to_tensor(img)
+    except ImageTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, Image.UnidentifiedImageError):
@@ -60,14 +113,14 @@ def _chw(rgb: np.ndarray) -> Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
-def load_image(image: ImageInput, name: str = "image") -> Tensor:
+def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
     """Any supported image input -> (3, H, W): uint8, or float in [0, 1] for float tensors.
 
-    Paths are read with `read_image`; PIL images and numpy arrays (H, W[, C]) are converted to
-    RGB; tensors must be (3, H, W) or (H, W) (grayscale) and keep their dtype if uint8 or float.
+    Paths are read with `read_image` (files above `max_pixels` pixels are refused); PIL images
+    and numpy arrays (H, W[, C]) are converted to RGB; tensors must be (3, H, W) or (H, W) (grayscale) and keep their dtype if uint8 or float.
     """
     if isinstance(image, (str, Path)):
-        return read_image(image)
+        return read_image(image, max_pixels)
     if isinstance(image, Image.Image):
         return pil_to_tensor(image)
     if isinstance(image, np.ndarray):

@@ -8,6 +8,13 @@ this changes nothing but the memory and time). On the CPU, panoptic segmentation
 pixels from bounds on the low-resolution logits and computes the rest exactly
 (`eomt.inference.pixel_bounds`); the result is the same.
 
+Large images: where the restored logits of all queries would pass `_DIRECT_BYTES`, they are
+restored one query at a time (a single channel is interpolated with the same arithmetic as
+inside a contiguous stack; channels-last or a few channels together may differ in the last bit)
+and reduced into per-pixel state as they come: the panoptic winner so far, the instance masks,
+the semantic best class. Peak memory is then the per-pixel state plus one query's logits, not
+queries x pixels floats.
+
 Differences from the transformers port, on purpose:
 - panoptic: a segment is kept when `area(new) / area(orig) >= overlap_threshold` (official code:
   skip when `<`, the ratio in float64); transformers keeps it only when its float32 ratio is `>`.
@@ -35,6 +42,8 @@ from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 
 _WORKSPACE_LIMIT = 512 << 20  # bytes a thread keeps for reuse
+_DIRECT_BYTES = 256 << 20  # restored float logits up to this size are made in one piece
+_MERGE_BLOCK = 1 << 20  # pixels per step of the segment merging
 _workspace = threading.local()
 
 
@@ -79,7 +88,9 @@ def _bilinear(x: Tensor, size: tuple[int, int], scales: tuple[float, float] | No
     return torch._C._nn.upsample_bilinear2d(x, size, False, sh, sw, out=out)
 
 
-def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = False) -> Tensor:
+def restore_logits(
+    mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = False, channels_last: bool = True
+) -> Tensor:
     """Mask logits of one padded input (Q, h4, w4) -> logits at the original image size (Q, H, W).
 
     Upsample to the network input size, crop the unpadded (scaled) region, resize to the original.
@@ -90,9 +101,12 @@ def restore_logits(mask_logits: Tensor, meta: ImageMeta, reuse_buffers: bool = F
 
     `reuse_buffers=True` writes the result into a buffer this thread reuses on the next call
     (the caller must be done with it by then); the post-processing functions below do so.
+    `channels_last=False` gives a contiguous (Q, H, W) result instead, whose every query channel is
+    interpolated on its own (the same values whichever queries are restored together).
     """
     rows, cols, size, scales = restore_geometry(mask_logits.shape[1:], meta)
-    x = mask_logits[None, :, :rows, :cols].float().contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = mask_logits[None, :, :rows, :cols].float().contiguous(memory_format=layout)
     x = _bilinear(x, size, scales, 0, reuse_buffers)
     sh, sw = meta.scaled_size
     x = x[..., :sh, :sw]  # (1, Q, sh, sw) drop the padding
@@ -134,6 +148,10 @@ def panoptic(
             results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
             continue
         low, kept_scores = mask_logits[i, idx], scores[i, idx]
+        if _is_large(idx.numel(), (h, w)):
+            assignment = _assign_pixels_chunked(low, meta, kept_scores, mask_threshold)
+            results.append(_merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
+            continue
         # On accelerators the direct path is a few large kernels; the bounds pay off on the CPU.
         plan = plan_assignment(low, meta, kept_scores, mask_threshold) if device.type == "cpu" else None
         logits = restore_logits(low, meta, reuse_buffers=True)  # (K, H, W)
@@ -200,6 +218,23 @@ def _masks_and_scores(logits: Tensor, block: int = 4096) -> tuple[Tensor, Tensor
     return masks.view(u, h, w), (total / (count + 1e-6)).float()
 
 
+def _masks_and_scores_chunked(low: Tensor, meta: ImageMeta) -> tuple[Tensor, Tensor]:
+    """`_masks_and_scores` of the logits that `restore_logits` makes of `low` (U, h4, w4),
+    restored one query at a time straight into the (U, H, W) bool masks."""
+    u = low.shape[0]
+    h, w = meta.original_size
+    masks = torch.empty(u, h * w, dtype=torch.bool, device=low.device)
+    total = torch.zeros(u, dtype=torch.float64, device=low.device)
+    count = torch.zeros(u, dtype=torch.int64, device=low.device)
+    for q, logits in _restored_one_by_one(low, meta):
+        pos = masks[q]  # (H*W,) written in place
+        torch.gt(logits, 0, out=pos)
+        prob = logits.sigmoid_().masked_fill_(~pos, 0.0)  # sigmoid inside the mask, 0 outside
+        total[q] = prob.sum(dtype=torch.float64)
+        count[q] = pos.sum()
+    return masks.view(u, h, w), (total / (count + 1e-6)).float()
+
+
 def _assign_pixels(
     masks: Tensor, scores: Tensor, mask_threshold: float, from_logits: bool, block: int = 4096
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -222,6 +257,43 @@ def _assign_pixels(
         orig_area += _count_true(orig)
         mask_ids[start : start + ids.shape[0]] = ids
         inside[start : start + ids.shape[0]] = orig.gather(1, ids[:, None])[:, 0]
+    return mask_ids, inside, orig_area
+
+
+def _is_large(channels: int, size: Sequence[int]) -> bool:
+    """Whether `channels` float maps of `size` (H, W) are too large to make in one piece."""
+    return channels * size[0] * size[1] * 4 > _DIRECT_BYTES
+
+
+def _restored_one_by_one(low: Tensor, meta: ImageMeta) -> Iterator[tuple[int, Tensor]]:
+    """(query, logits (H*W,)) one query at a time, restored to the original size (contiguous,
+    the caller's to change)."""
+    for q in range(low.shape[0]):
+        yield q, restore_logits(low[q : q + 1], meta, channels_last=False).view(-1)
+
+
+def _assign_pixels_chunked(
+    low: Tensor, meta: ImageMeta, scores: Tensor, mask_threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_assign_pixels` of the logits that `restore_logits` makes of `low` (K, h4, w4), restored one
+    query at a time: per pixel the best `score * sigmoid` so far and its query (a later
+    query takes a pixel only when strictly better: ties go to the first, as argmax)."""
+    k = low.shape[0]
+    h, w = meta.original_size
+    best = torch.full((h * w,), -1.0, device=low.device)  # below every weighted probability
+    weighted = torch.empty_like(best)
+    mask_ids = torch.zeros(h * w, dtype=torch.long, device=low.device)
+    inside = torch.zeros(h * w, dtype=torch.bool, device=low.device)
+    orig_area = torch.zeros(k, dtype=torch.int64, device=low.device)
+    for j, logits in _restored_one_by_one(low, meta):
+        prob = logits.sigmoid_()  # (H*W,)
+        orig = prob >= mask_threshold
+        orig_area[j] = orig.sum()
+        torch.mul(prob, scores[j], out=weighted)
+        better = weighted > best
+        torch.maximum(best, weighted, out=best)
+        mask_ids.masked_fill_(better, j)
+        inside.copy_(torch.where(better, orig, inside))
     return mask_ids, inside, orig_area
 
 
@@ -256,7 +328,11 @@ def _merge_segments(
     ar = torch.arange(k, device=mask_ids.device)
     # A pixel ends up in its winner's segment only if it is also inside the winner's own mask.
     new_area = torch.bincount(mask_ids, minlength=k)  # (K,)
-    final_area = torch.bincount(mask_ids.masked_fill(~inside, k), minlength=k + 1)[:k]  # (K,)
+    final_area = torch.zeros(k + 1, dtype=torch.int64, device=mask_ids.device)
+    for s in range(0, mask_ids.numel(), _MERGE_BLOCK):  # blocks: no image-sized temporaries
+        e = s + _MERGE_BLOCK
+        final_area += torch.bincount(mask_ids[s:e].masked_fill(~inside[s:e], k), minlength=k + 1)
+    final_area = final_area[:k]  # (K,)
     ratio = new_area.double() / orig_area.clamp(min=1).double()
     valid = (orig_area > 0) & (new_area > 0) & (final_area > 0) & (ratio >= overlap_threshold)
 
@@ -269,10 +345,15 @@ def _merge_segments(
     rep = torch.where(stuff, first[classes], ar)  # (K,)
     opens = valid & (rep == ar)
     seg_of_query = torch.where(valid, torch.cumsum(opens, 0)[rep], 0)  # (K,) ids from 1, 0 = none
-    segmentation = torch.where(inside, seg_of_query[mask_ids], 0).view(h, w)  # (H, W)
-
     n = int(opens.sum())
-    areas = torch.bincount(segmentation.flatten(), minlength=n + 1)[1:]  # (n,)
+    segmentation = torch.empty_like(mask_ids)  # (H*W,)
+    areas = torch.zeros(n + 1, dtype=torch.int64, device=mask_ids.device)
+    for s in range(0, mask_ids.numel(), _MERGE_BLOCK):
+        e = s + _MERGE_BLOCK
+        segmentation[s:e] = seg_of_query[mask_ids[s:e]].masked_fill_(~inside[s:e], 0)
+        areas += torch.bincount(segmentation[s:e], minlength=n + 1)
+    segmentation = segmentation.view(h, w)  # (H, W)
+    areas = areas[1:]  # (n,)
     q = opens.nonzero()[:, 0]  # (n,) the query that opened each segment, in id order
     segments = [
         {"id": j + 1, "category_id": c, "isthing": not s, "score": sc, "area": a}
@@ -307,13 +388,19 @@ def instance(
         labels = top_idx[i] % num_classes
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
-        logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
-        binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)
+        if not _is_large(uniq.numel(), meta.original_size):
+            logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
+            binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)
+        else:
+            binary, mask_scores = _masks_and_scores_chunked(mask_logits[i, uniq], meta)
         scores = top_scores[i] * mask_scores[inverse]
         keep = scores >= threshold
         order = scores[keep].argsort(descending=True)
         sel = keep.nonzero()[:, 0][order]
-        results.append(InstanceResult(binary[inverse[sel]], labels[sel], scores[sel]))
+        rows = inverse[sel]
+        if not torch.equal(rows, torch.arange(len(uniq), device=rows.device)):
+            binary = binary[rows]  # a copy; skipped when the instances are the queries in order
+        results.append(InstanceResult(binary, labels[sel], scores[sel]))
     return results
 
 
@@ -336,8 +423,15 @@ def semantic(
     for i, meta in enumerate(windows.images):
         crop_ids = (offsets[:, 0] == i).nonzero()[:, 0]  # (n,) this image's crops
         size = meta.input_size[0]  # square crops
-        masks = F.interpolate(mask_logits[crop_ids].float(), size=meta.input_size, mode="bilinear")
-        crop_scores = torch.einsum("nqhw,nqc->nchw", masks.sigmoid(), probs[crop_ids])  # (n, C, S, S)
+        # One crop at a time: (Q, S, S) floats per crop, whatever the number of crops.
+        crop_scores = torch.cat([
+            torch.einsum(
+                "nqhw,nqc->nchw",
+                F.interpolate(mask_logits[c : c + 1].float(), size=meta.input_size, mode="bilinear").sigmoid_(),
+                probs[c : c + 1],
+            )
+            for c in crop_ids.tolist()
+        ])  # (n, C, S, S)
         pos = (offsets[crop_ids, 1, None] + torch.arange(size, device=offsets.device)).flatten()  # (n*S,)
         nh, nw = meta.scaled_size
         canvas = crop_scores.new_zeros(crop_scores.shape[1], nh, nw)  # (C, nh, nw)
@@ -349,6 +443,23 @@ def semantic(
             canvas.index_add_(2, pos, crop_scores.permute(1, 2, 0, 3).flatten(2, 3))  # (C, S, n*S)
             counts = torch.bincount(pos, minlength=nw)[None, None, :]
         canvas = canvas / counts.clamp(min=1)  # average where crops overlap
+        if not return_scores and _is_large(canvas.shape[0], (h, w)):
+            results.append(SemanticResult(_argmax_restored(canvas, (h, w))))
+            continue
         scores = F.interpolate(canvas[None], size=meta.original_size, mode="bilinear")[0]  # (C, H, W)
         results.append(SemanticResult(scores.argmax(0), scores if return_scores else None))
     return results
+
+
+def _argmax_restored(canvas: Tensor, size: tuple[int, int]) -> Tensor:
+    """`F.interpolate(canvas[None], size, mode="bilinear")[0].argmax(0)` of class scores (C, h, w),
+    one class at a time (a single channel is interpolated as inside the stack: the same values). A
+    later class takes a pixel only when strictly better, so ties go to the first, as argmax."""
+    h, w = size
+    best = torch.full((h * w,), -math.inf, device=canvas.device)
+    labels = torch.zeros(h * w, dtype=torch.long, device=canvas.device)
+    for c in range(canvas.shape[0]):
+        row = F.interpolate(canvas[None, c : c + 1], size=size, mode="bilinear").view(-1)  # (H*W,)
+        labels.masked_fill_(row > best, c)
+        torch.maximum(best, row, out=best)
+    return labels.view(h, w)

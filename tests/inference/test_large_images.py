@@ -1,0 +1,122 @@
+"""Large images: the chunked post-processing equals the direct one; oversized files are refused."""
+
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eomt.inference import postprocess
+from eomt.inference.io import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_image
+from eomt.inference.predictor import Predictor
+from eomt.inference.preprocess import ImageMeta, Windows, scaled_size_longest, scaled_size_shortest
+
+
+@pytest.fixture
+def chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image counts as large; the segment merging goes in several blocks."""
+    monkeypatch.setattr(postprocess, "_DIRECT_BYTES", 0)
+    monkeypatch.setattr(postprocess, "_MERGE_BLOCK", 1000)
+
+
+def _outputs(seed: int, q: int = 10, classes: int = 6, n: int = 1, smooth: bool = True) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(n, q, 8, 8, generator=g)
+    if smooth:  # blob-like masks, as a trained model gives
+        low = torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear") * 6
+    else:
+        low = torch.randn(n, q, 32, 32, generator=g) * 3
+    cls = torch.randn(n, q, classes + 1, generator=g) * 3
+    cls[..., -1] = -10.0  # every query is a real class
+    return low, cls
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_chunked_panoptic_equals_direct(chunked: None, monkeypatch: pytest.MonkeyPatch, smooth: bool) -> None:
+    low, cls = _outputs(0, smooth=smooth)
+    meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
+    got = postprocess.panoptic(low, cls, [meta], stuff_classes=(0, 1), threshold=0.0, overlap_threshold=0.3)[0]
+    monkeypatch.setattr(postprocess, "_DIRECT_BYTES", 1 << 40)
+    monkeypatch.setattr(postprocess, "_MERGE_BLOCK", 1 << 20)
+    want = postprocess.panoptic(low, cls, [meta], stuff_classes=(0, 1), threshold=0.0, overlap_threshold=0.3)[0]
+    assert len(want.segments) >= 2
+    assert torch.equal(got.segmentation, want.segmentation)
+    assert got.segments == want.segments
+
+
+def test_chunked_instance_equals_direct(chunked: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    low, cls = _outputs(1)
+    meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
+    for top_k in (10, 25):  # the queries in order, and queries with several classes
+        got = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
+        with monkeypatch.context() as m:
+            m.setattr(postprocess, "_DIRECT_BYTES", 1 << 40)
+            want = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
+        assert torch.equal(got.masks, want.masks) and torch.equal(got.labels, want.labels)
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-6, atol=1e-7)
+
+
+def test_chunked_semantic_equals_direct(chunked: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    low, cls = _outputs(2, n=2)
+    h, w = 150, 230
+    nh, nw = scaled_size_shortest(h, w, 128)
+    windows = Windows([(0, 0, 128), (0, nw - 128, nw)], [ImageMeta((h, w), (nh, nw), (128, 128))])
+    got = postprocess.semantic(low, cls, windows)[0]
+    want = postprocess.semantic(low, cls, windows, return_scores=True)[0]  # the direct path
+    assert len(want.labels.unique()) > 1
+    assert torch.equal(got.labels, want.labels) and got.scores is None
+
+
+def test_restoring_queries_one_by_one_gives_the_same_values() -> None:
+    low = torch.randn(7, 32, 32)
+    meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
+    whole = postprocess.restore_logits(low, meta, channels_last=False)
+    parts = torch.stack([x.view(150, 230) for _, x in postprocess._restored_one_by_one(low, meta)])
+    assert torch.equal(whole, parts)
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG that announces width x height RGB pixels and holds one compressed row: a bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (1 + 3 * width))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path) -> None:
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 40000, 30000)  # 1.2 G pixels announced in a few hundred bytes
+    assert bomb.stat().st_size < 1000 and 40000 * 30000 > DEFAULT_MAX_PIXELS
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png: 40000 x 30000 = 1,200,000,000 pixels .*limit of 178,956,970"):
+        read_image(bomb)
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        Predictor(_tiny(), max_pixels=10**9)([bomb])  # the caller's limit is the one that counts
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit is left as it was
+
+
+def test_the_pixel_limit_can_be_lowered_and_raised(tmp_path) -> None:
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((80, 100, 3), 120, np.uint8)).save(path)
+    with pytest.raises(ImageTooLargeError, match=r"100 x 80 = 8,000 pixels is more than the limit of 7,999"):
+        read_image(path, max_pixels=7999)
+    assert read_image(path, max_pixels=8000).shape == (3, 80, 100)
+    assert read_image(path, max_pixels=None).shape == (3, 80, 100)
+    big = tmp_path / "big.png"
+    _png_header_only(big, 20000, 10000)  # above both of Pillow's limits: ours decides, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageTooLargeError, match="limit of 100,000,000"):
+            read_image(big, max_pixels=10**8)
+
+
+def _tiny():
+    from eomt.config import tiny_config
+    from eomt.models import EoMT
+
+    torch.manual_seed(0)
+    return EoMT(tiny_config())
