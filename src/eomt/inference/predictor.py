@@ -24,7 +24,7 @@ from torch import Tensor
 
 from eomt.config import TASKS
 from eomt.inference import postprocess
-from eomt.inference.io import ImageInput, load_image
+from eomt.inference.io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from eomt.inference.preprocess import resize_and_pad, sliding_windows
 from eomt.inference.tiling import predict_tiled
 from eomt.models import EoMT
@@ -100,6 +100,8 @@ class Predictor:
     tiles.
     trust_pickle: let a file given by name run code on load (pickled objects, a .ts TorchScript
     file); only for files whose source you trust. Without it such a file is refused.
+    max_pixels: image files announcing more pixels are refused before decoding (a decompression
+    bomb guard, `eomt.inference.io.DEFAULT_MAX_PIXELS`); None: no limit.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Predictor:
         tile: int | None = None,
         tile_overlap: int | None = None,
         trust_pickle: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
@@ -168,6 +171,7 @@ class Predictor:
         if tile is not None and not 0 <= overlap < tile:
             raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
         self.tile, self.tile_overlap = tile, overlap
+        self.max_pixels = max_pixels
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -196,7 +200,7 @@ class Predictor:
         """(loaded image (3, H, W), result) pairs, batch after batch, in input order."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            tensors = [load_image(im, name=f"images[{start + j}]") for j, im in enumerate(chunk)]
+            tensors = [load_image(im, f"images[{start + j}]", self.max_pixels) for j, im in enumerate(chunk)]
             yield from zip(tensors, self.predict_tensors(tensors))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
