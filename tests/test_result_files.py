@@ -191,17 +191,24 @@ def test_results_carry_the_dataset_category_and_image_ids(model_file: Path, tmp_
     assert not (tmp_path / "refused").exists()
 
 
-@pytest.mark.parametrize("where", ["same", "inside", "glob"])
+@pytest.mark.parametrize("where", ["same", "inside", "glob", "recursive glob"])
 def test_an_output_folder_in_the_input_folder_is_refused(
     where: str, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     images = _images(tmp_path / "images", 1)
-    inputs = [str(images / "*.png")] if where == "glob" else [str(images)]
-    out = images if where == "same" else images / "predictions"
+    globs = {"glob": str(images / "*.png"), "recursive glob": str(images / "**" / "*.png")}
+    inputs = [globs.get(where, str(images))]
+    out = images if where in ("same", "glob") else images / "predictions"
     assert _predict(model_file, inputs, out) == 1
     err = capsys.readouterr().err
     assert "--out" in err and "input folder" in err
     assert sorted(p.name for p in images.iterdir()) == ["im00.png"]
+
+
+def test_an_output_folder_a_flat_glob_does_not_reach_is_accepted(model_file: Path, tmp_path: Path) -> None:
+    images = _images(tmp_path / "images", 1)
+    assert _predict(model_file, [str(images / "*.png")], images / "predictions") == 0
+    assert (images / "predictions" / "im00_overlay.png").is_file()
 
 
 def test_a_killed_run_resumes_with_skip_existing_to_the_same_results(model_file: Path, tmp_path: Path) -> None:

@@ -30,12 +30,14 @@ RESULTS_NAME = "results.jsonl"
 
 def check_out_folder(out: Path, inputs: Sequence[str]) -> None:
     """Refuse an output folder that is an input folder or inside one (a rerun would read its own
-    outputs as inputs: `*_overlay_overlay.png`). For a glob, its folder part counts as input folder."""
+    outputs as inputs: `*_overlay_overlay.png`). For a glob, its folder part is the input folder,
+    and a folder inside it counts only for a recursive (`**`) pattern, the one that would look there."""
     import glob
 
     target = out.resolve()
     for item in inputs:
         path = Path(item)
+        deep = True  # whether the input reaches into folders below `folder`
         if path.is_dir():
             folder = path
         elif not path.is_file() and glob.has_magic(item):
@@ -45,10 +47,11 @@ def check_out_folder(out: Path, inputs: Sequence[str]) -> None:
                     break
                 parts.append(part)
             folder = Path(*parts) if parts else Path(".")
+            deep = "**" in item
         else:
             continue
         folder = folder.resolve()
-        if target == folder or folder in target.parents:
+        if target == folder or (deep and folder in target.parents):
             where = "is" if target == folder else "is inside"
             raise ValueError(f"--out: {out} {where} the input folder {item}; its results would be read as "
                              "inputs by the next run. Choose a folder outside it")
