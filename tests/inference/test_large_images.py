@@ -120,3 +120,45 @@ def _tiny():
 
     torch.manual_seed(0)
     return EoMT(tiny_config())
+
+
+def test_result_files_and_overlays_made_in_pieces_equal_the_whole_image_formulas(monkeypatch) -> None:
+    from pycocotools import mask as mask_utils
+
+    from eomt.inference import formats, visualize
+    from eomt.structures import InstanceResult
+
+    g = torch.Generator().manual_seed(3)
+    seg = torch.randint(0, 6, (70, 50), generator=g)
+    seg[seg == 4] = 0
+    seg[0, 0] = 300000  # an id above 16 bits
+    rgb = formats.id_to_rgb(seg)
+    s = seg.numpy().astype(np.int64)
+    assert np.array_equal(rgb, np.stack([s % 256, s // 256 % 256, s // 256**2 % 256], -1).astype(np.uint8))
+    seg[0, 0] = 5
+    monkeypatch.setattr(visualize, "_BAND_PIXELS", 50 * 7)  # 7 rows a band
+    boxes = formats.segment_boxes(seg, 5).tolist()
+    for i in range(1, 6):
+        ys, xs = (seg == i).nonzero(as_tuple=True)
+        want = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(ys) else [0, 0, 0, 0]
+        assert boxes[i - 1] == want or (not len(ys) and boxes[i - 1][2:] == [0, 0])
+
+    masks = torch.rand(4, 70, 50, generator=g) > 0.6
+    result = InstanceResult(masks, torch.tensor([0, 1, 1, 2]), torch.tensor([0.9, 0.3, 0.95, 0.6]))
+    want = mask_utils.encode(np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
+    got = formats.instances_to_coco(result, 1)
+    assert [e["segmentation"]["counts"] for e in got] == [r["counts"].decode("ascii") for r in want]
+
+    image = torch.randint(0, 256, (3, 70, 50), dtype=torch.uint8, generator=g)
+    picture = np.asarray(visualize.overlay_instances(image, result, threshold=0.5))[:70, :50]
+    order = [2, 0, 3]  # best first among those >= 0.5
+    ids = torch.zeros(70, 50, dtype=torch.long)
+    for rank in reversed(range(3)):
+        ids[masks[order[rank]]] = rank + 1
+    colors = np.zeros((4, 3), np.uint8)
+    colors[1:] = visualize.instance_colors(result.labels[order])
+    base = image.permute(1, 2, 0).numpy().astype(np.float32)
+    blend = np.where((ids.numpy() > 0)[..., None], 0.45 * base + 0.55 * colors[ids.numpy()].astype(np.float32), base)
+    blend = np.round(blend).astype(np.uint8)
+    blend[visualize.boundaries(ids, visualize.outline_width(70, 50)).numpy()] = 255
+    assert np.array_equal(picture, blend)

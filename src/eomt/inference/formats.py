@@ -24,8 +24,9 @@ from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 def id_to_rgb(ids: Tensor | np.ndarray) -> np.ndarray:
     """Segment ids (H, W) -> COCO panoptic colours (H, W, 3) uint8, `id = R + 256 G + 256^2 B`."""
     ids = ids.cpu().numpy() if isinstance(ids, Tensor) else np.asarray(ids)
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
+    # The three low bytes of each id, read in place from little-endian int64s (no int64 copies).
+    ids = np.ascontiguousarray(ids, dtype=np.dtype("<i8"))
+    return np.ascontiguousarray(ids.view(np.uint8).reshape(*ids.shape, 8)[..., :3])
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -41,15 +42,21 @@ def _category(index: int, category_ids: Sequence[int] | None) -> int:
 def segment_boxes(segmentation: Tensor, num_segments: int) -> Tensor:
     """Boxes [x, y, w, h] (num_segments, 4) of segment ids 1..n in an id map (H, W); 0 = void."""
     h, w = segmentation.shape
-    ids = segmentation.flatten()
-    ys = torch.arange(h, device=ids.device).repeat_interleave(w)  # (H*W,) row of every pixel
-    xs = torch.arange(w, device=ids.device).repeat(h)  # (H*W,) column of every pixel
+    device = segmentation.device
     n = num_segments + 1
     big = max(h, w)
-    x0 = torch.full((n,), big, device=ids.device).scatter_reduce(0, ids, xs, "amin")
-    y0 = torch.full((n,), big, device=ids.device).scatter_reduce(0, ids, ys, "amin")
-    x1 = torch.full((n,), -1, device=ids.device).scatter_reduce(0, ids, xs, "amax")
-    y1 = torch.full((n,), -1, device=ids.device).scatter_reduce(0, ids, ys, "amax")
+    x0, y0 = torch.full((n,), big, device=device), torch.full((n,), big, device=device)
+    x1, y1 = torch.full((n,), -1, device=device), torch.full((n,), -1, device=device)
+    band = max(1, (1 << 20) // w)  # rows at a time: no image-sized index tensors
+    for r in range(0, h, band):
+        ids = segmentation[r : r + band].flatten()
+        b = ids.numel() // w
+        ys = torch.arange(r, r + b, device=device).repeat_interleave(w)  # row of every pixel
+        xs = torch.arange(w, device=device).repeat(b)  # column of every pixel
+        x0.scatter_reduce_(0, ids, xs, "amin")
+        y0.scatter_reduce_(0, ids, ys, "amin")
+        x1.scatter_reduce_(0, ids, xs, "amax")
+        y1.scatter_reduce_(0, ids, ys, "amax")
     boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)[1:]  # (n-1, 4)
     return boxes.clamp(min=0)
 
@@ -85,8 +92,8 @@ def instances_to_coco(
     """COCO results entries (one per instance) with RLE masks for one image."""
     if len(result.labels) == 0:
         return []
-    masks = result.masks.cpu().numpy().astype(np.uint8).transpose(1, 2, 0)  # (H, W, N)
-    rles = mask_utils.encode(np.asfortranarray(masks))
+    # One mask at a time: a Fortran-ordered uint8 copy of one mask, not of all of them.
+    rles = [mask_utils.encode(np.asfortranarray(m.cpu().numpy().view(np.uint8)[:, :, None]))[0] for m in result.masks]
     boxes = mask_utils.toBbox(rles).tolist()
     out = []
     for rle, box, label, score in zip(rles, boxes, result.labels.tolist(), result.scores.tolist()):

@@ -17,6 +17,7 @@ from torch import Tensor
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 _BOUNDARY = np.array([255, 255, 255], dtype=np.uint8)
+_BAND_PIXELS = 1 << 20  # pixels blended at a time
 _LEGEND_MAX_ROWS = 40
 # Legend text and outlines are sized for the picture seen whole on a screen: up to this longer side
 # they keep their base size (11 px text, 1 px outlines), above it they grow in proportion.
@@ -97,14 +98,20 @@ def _image_array(image: Tensor) -> np.ndarray:
 
 
 def _blend(image: Tensor, ids: Tensor, colors: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend `colors[ids]` onto the image where ids > 0, and draw id boundaries. ids: (H, W)."""
-    base = _image_array(image).astype(np.float32)
-    ids_np = ids.cpu().numpy()
-    paint = colors[ids_np].astype(np.float32)  # (H, W, 3)
-    covered = (ids_np > 0)[..., None]
-    out = np.where(covered, (1 - alpha) * base + alpha * paint, base)
-    out = np.round(out).astype(np.uint8)
-    out[boundaries(ids.cpu(), outline_width(*ids.shape[-2:])).numpy()] = _BOUNDARY
+    """Blend `colors[ids]` onto the image where ids > 0, and draw id boundaries. ids: (H, W).
+
+    In bands of rows (about a million pixels each), so that the float copies of the image and the
+    colours stay small whatever the image size; every pixel is computed as in one piece."""
+    h, w = ids.shape[-2:]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    band = max(1, _BAND_PIXELS // max(1, w))
+    for r in range(0, h, band):
+        base = _image_array(image[:, r : r + band]).astype(np.float32)  # (b, W, 3)
+        ids_np = ids[r : r + band].cpu().numpy()
+        paint = colors[ids_np].astype(np.float32)  # (b, W, 3)
+        covered = (ids_np > 0)[..., None]
+        out[r : r + band] = np.round(np.where(covered, (1 - alpha) * base + alpha * paint, base))
+    out[boundaries(ids.cpu(), outline_width(h, w)).numpy()] = _BOUNDARY
     return out
 
 
@@ -192,15 +199,15 @@ def overlay_instances(
 ) -> Image.Image:
     """Instance overlay of instances scoring >= `threshold`: one colour each, best on top, legend."""
     keep = result.scores >= threshold
-    masks, labels, scores = result.masks[keep].cpu(), result.labels[keep].cpu(), result.scores[keep].cpu()
-    order = scores.argsort(descending=True)
-    masks, labels = masks[order], labels[order]
+    shown = keep.nonzero()[:, 0].cpu()
+    shown = shown[result.scores.cpu()[shown].argsort(descending=True)]  # best first
+    labels = result.labels.cpu()[shown]
     h, w = image.shape[-2:]
-    if len(labels):
-        # Per pixel the best-scoring instance covering it (argmax returns the first maximum).
-        ids = torch.where(masks.any(0), masks.to(torch.uint8).argmax(0) + 1, 0)
-    else:
-        ids = torch.zeros(h, w, dtype=torch.long)
+    # Per pixel the best-scoring instance covering it: painted worst first, so the best is on top
+    # (no copies of the masks, whatever their number).
+    ids = torch.zeros(h, w, dtype=torch.long)
+    for rank in range(len(shown) - 1, -1, -1):
+        ids.masked_fill_(result.masks[shown[rank]].cpu(), rank + 1)
     colors = np.zeros((len(labels) + 1, 3), dtype=np.uint8)
     colors[1:] = instance_colors(labels)
     picture = _blend(image, ids, colors, alpha)
