@@ -20,7 +20,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -136,7 +136,7 @@ _EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
 
 
 @contextlib.contextmanager
-def _quiet_exporter_logs() -> Any:
+def _quiet_exporter_logs() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
