@@ -120,6 +120,11 @@ def test_train_on_your_own_data(fmt: str, tmp_path: Path) -> None:
 
     images = data / ("images/val" if fmt == "semantic_folder" else "val")
     extra = ["--threshold", "0"] if task == "instance" else []
+    split_json = {"panoptic": "panoptic_val.json", "instance": "instances_val.json"}.get(task)
+    if split_json:  # the images are the dataset's val split: its image ids, matched by file_name
+        extra += ["--images-json", str(data / "annotations" / split_json)]
+        split_ids = {Path(im["file_name"]).name: im["id"]
+                     for im in json.loads((data / "annotations" / split_json).read_text())["images"]}
     eomt("predict", "--model", str(run / "model.safetensors"), "--task", task, str(images), "--out", str(preds),
          *extra, cwd=tmp_path)
     assert len(list(preds.glob("*_overlay.png"))) == 4
@@ -127,8 +132,10 @@ def test_train_on_your_own_data(fmt: str, tmp_path: Path) -> None:
         results = json.loads((preds / results_name).read_text())
         if task == "panoptic":
             assert {c["id"] for c in results["categories"]} == dataset_ids
+            assert {Path(im["file_name"]).name: im["id"] for im in results["images"]} == split_ids
             used = {s["category_id"] for a in results["annotations"] for s in a["segments_info"]}
         else:
             assert results, "instance results are empty"
+            assert all(split_ids[Path(r["file_name"]).name] == r["image_id"] for r in results)
             used = {r["category_id"] for r in results}
         assert used <= dataset_ids  # the dataset's own ids, not 0-based class indices
