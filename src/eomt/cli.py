@@ -18,7 +18,7 @@ VERBS: dict[str, str] = {
     "predict": "segment images, folders or globs and write results and overlay pictures",
     "train": "train a model from a config (YAML or preset) with key=value overrides",
     "eval": "evaluate a checkpoint on a dataset (PQ, mIoU, AP)",
-    "data": "dataset tools: `eomt data check ...`",
+    "data": "dataset tools: `eomt data check ...` (validate), `eomt data synthetic ...` (write a sample dataset)",
     "bench": "measure latency, throughput, FLOPs and memory",
     "export": "export the network to ONNX, TorchScript or an ExportedProgram",
     "convert": "convert a checkpoint between the official, transformers and eomt formats",

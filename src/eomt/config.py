@@ -159,6 +159,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
         if t.startswith("tuple"):
+            if t == "tuple[int, int]" and isinstance(value, int) and not isinstance(value, bool):
+                return (value, value)  # `model.img_size=640`: a square
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise TypeError
             inner = t[len("tuple[") : -1].split(",")[0].strip()
@@ -187,7 +189,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if t.startswith("int | None"):
             return None if value is None else _strict(int, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not a valid {t}") from None
+        example = " (write a list, e.g. [1, 2])" if t.startswith("tuple") else ""
+        raise ConfigError(f"{key}: {value!r} is not a valid {t}{example}") from None
     return value
 
 

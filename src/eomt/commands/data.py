@@ -55,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"== {split} ==")
         if label_line:
             print(label_line)
-        print(report.format())
-        ok &= report.ok
+        labels_ok = not label_line.startswith("error: ")
+        text = report.format()
+        if not labels_ok and report.ok:  # the data is sound, but not for this config
+            text = text.rsplit("\n", 1)[0] + "\nFAILED: the config's label space does not fit the data"
+        print(text)
+        ok &= report.ok and labels_ok
     return 0 if ok else 1
 
 
@@ -112,10 +116,13 @@ def label_space_line(m: Any, source: str) -> str:
     """One readable line of a model config's label space: count, things, stuff, dataset ids."""
     names = list(m.class_names) or [str(i) for i in range(m.num_classes)]
     ids = list(m.category_ids) or list(range(m.num_classes))
+    head = f"label space (from {source}): {m.num_classes} classes, name (dataset id)"
+    if m.task == "semantic":  # no things and stuff: every class is a label value
+        return f"{head}: " + ", ".join(f"{n} ({i})" for n, i in zip(names, ids))
     stuff = set(m.stuff_classes)
     things = [f"{names[i]} ({ids[i]})" for i in range(m.num_classes) if i not in stuff]
     stuffs = [f"{names[i]} ({ids[i]})" for i in sorted(stuff)]
-    line = f"label space (from {source}): {m.num_classes} classes, name (dataset id); things: {', '.join(things) or '-'}"
+    line = f"{head}; things: {', '.join(things) or '-'}"
     return line + (f"; stuff: {', '.join(stuffs)}" if stuffs else "")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import yaml
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args.config, args.overrides)
     if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(printable_config(cfg), end="")
         return 0
     from eomt.training.run import train
 
@@ -55,3 +56,19 @@ def format_metrics(metrics: dict) -> str:
     rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v:8.2f}" for k, v in rows)
+
+
+def printable_config(cfg: Any) -> str:
+    """The resolved config as YAML; what the run takes from the dataset (the label space) or from
+    its folder (the model's name) is marked so, not shown as the preset's placeholder values."""
+    from eomt.config import LABEL_KEYS
+
+    d = cfg.to_dict()
+    lines = []
+    if cfg.labels_from_dataset:
+        for key in LABEL_KEYS:
+            d["model"][key] = "<from the dataset>"
+        lines.append("# the label space comes from the dataset: `eomt data check` prints it")
+    if cfg.name_from_run:
+        d["model"]["name"] = "<the run folder's name>"
+    return "".join(f"{line}\n" for line in lines) + yaml.safe_dump(d, sort_keys=False)

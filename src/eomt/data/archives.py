@@ -32,6 +32,13 @@ from eomt.structures import Target
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _reason(e: Exception) -> str:
+    """A decoder's complaint without the in-memory stream it names (`<_io.BytesIO object at 0x...>`)."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image file (unknown format)"
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)) or type(e).__name__
+
+
 class DatasetError(ValueError):
     """Bad dataset input (missing or unreadable file, unknown id); the message names the file."""
 
@@ -107,7 +114,7 @@ class Source:
             img = Image.open(io.BytesIO(data))
             img.load()  # decode now, so a truncated file fails here and not later
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
+            raise DatasetError(f"{self.where(member)}: unreadable image ({_reason(e)})") from None
         return img
 
     def read_image(self, member: str) -> np.ndarray:
@@ -139,7 +146,7 @@ class Source:
             with Image.open(io.BytesIO(self.read_bytes(member))) as img:
                 return self._frame(img, member)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DatasetError(f"{self.where(member)}: unreadable image ({e})") from None
+            raise DatasetError(f"{self.where(member)}: unreadable image ({_reason(e)})") from None
 
     def image_size(self, member: str) -> tuple[int, int]:
         """(H, W) after EXIF orientation, from the header only (the file is not decoded)."""

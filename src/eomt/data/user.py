@@ -51,11 +51,11 @@ class SemanticPngDataset(SegmentationDataset):
     def _is_empty(self, member: str, rule: str) -> bool:
         try:
             raw = self.labels.read_png(member)
+            if rule == "constant":
+                return bool(raw.min() == raw.max())
+            return not (self._map(raw, member) >= 0).any()
         except DatasetError:
-            return False  # kept, so that loading or `check` reports the file
-        if rule == "constant":
-            return bool(raw.min() == raw.max())
-        return not (self._map(raw, member) >= 0).any()
+            return False  # kept, so that loading or `check` reports the file with the others
 
     def _map(self, raw: np.ndarray, member: str) -> np.ndarray:
         """Raw (H, W) label values -> (H, W) int64 through the lookup table."""

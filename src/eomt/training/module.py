@@ -133,11 +133,13 @@ class EoMTModule(pl.LightningModule):
             raise DivergenceError(self._diverged("gradient norm", norm))
 
     def _diverged(self, what: str, value: Tensor) -> str:
-        ckpt = f"{self.cfg.train.out_dir}/checkpoints/last.ckpt"
+        from pathlib import Path
+
+        ckpt = Path(self.cfg.train.out_dir) / "checkpoints" / "last.ckpt"
+        kept = f"the last finite checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint had been written yet"
         return (
             f"{what} is {float(value)} at step {self.global_step}: training diverged (train.lr="
-            f"{self.cfg.train.lr:g}). Nothing was written after this step; the last finite checkpoint is "
-            f"{ckpt} if one was saved. Lower train.lr or check the data"
+            f"{self.cfg.train.lr:g}). Nothing was written after this step; {kept}. Lower train.lr or check the data"
         )
 
     # ------------------------------------------------------------------ training

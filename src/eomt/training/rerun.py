@@ -57,7 +57,7 @@ SHAPE_KEYS = (
     "model.img_size", "model.num_register_tokens", "model.num_queries", "model.num_blocks", "model.num_classes",
 )
 
-RUN_FILES = ("config.yaml", "checkpoints", "model.safetensors", "logs", "tb_logs")
+RUN_FILES = ("config.yaml", "checkpoints", "model.safetensors", "logs", "tb_logs", "eval")
 
 
 class RunConflict(ValueError):

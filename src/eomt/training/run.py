@@ -193,6 +193,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
         module = _finished_module(cfg, out)
         module.total_steps = t.max_steps if t.max_steps > 0 else plan.step  # where the run ended
         return module
+    # The network before anything is written, so a train.init file that does not fit stops the run
+    # with the folder untouched. A resumed run takes its weights from the checkpoint, not from init.
+    network = EoMT(cfg.model) if plan.checkpoint else build_network(cfg, trust_pickle)
     check = {}
     if t.data_check:
         splits = [preflight.Split(name, dataset, data.spec(split)) for name, dataset, split in (
@@ -213,7 +216,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
         write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if check:
             files.write_json(out / preflight.CACHE_NAME, check, indent=2)
-    module = EoMTModule(cfg.to_dict(), build_network(cfg, trust_pickle))
+    module = EoMTModule(cfg.to_dict(), network)
     module.total_steps = total_steps()
     if t.compile:
         module.network = torch.compile(module.network)  # type: ignore[assignment]
