@@ -85,7 +85,8 @@ class EoMTModule(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         total_batch = self.cfg.data.batch_size * world
         lr = t.scaled_lr(total_batch)
-        if t.lr_scaling != "none":
+        if t.lr_scaling != "none" and not getattr(self, "_lr_reported", False):
+            self._lr_reported = True  # configure_optimizers runs again when a resume re-applies values
             log.info("train.lr %.3g at batch %d -> %.3g at the total batch %d (%s scaling)",
                      t.lr, t.lr_reference_batch, lr, total_batch, t.lr_scaling)
         groups = llrd_param_groups(
