@@ -162,3 +162,14 @@ def test_result_files_and_overlays_made_in_pieces_equal_the_whole_image_formulas
     blend = np.round(blend).astype(np.uint8)
     blend[visualize.boundaries(ids, visualize.outline_width(70, 50)).numpy()] = 255
     assert np.array_equal(picture, blend)
+
+
+def test_gathering_rows_in_place_equals_indexing() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        rows = int(torch.randint(1, 12, (1,), generator=g))
+        used = int(torch.randint(1, rows + 1, (1,), generator=g))  # the first rows hold sources
+        src = torch.randint(0, used, (int(torch.randint(0, rows + 1, (1,), generator=g)),), generator=g)
+        buf = torch.randn(rows, 3, generator=g)
+        want = buf[src].clone()
+        assert torch.equal(postprocess._gather_rows_in_place(buf, src), want)

@@ -218,12 +218,13 @@ def _masks_and_scores(logits: Tensor, block: int = 4096) -> tuple[Tensor, Tensor
     return masks.view(u, h, w), (total / (count + 1e-6)).float()
 
 
-def _masks_and_scores_chunked(low: Tensor, meta: ImageMeta) -> tuple[Tensor, Tensor]:
+def _masks_and_scores_chunked(low: Tensor, meta: ImageMeta, rows: int = 0) -> tuple[Tensor, Tensor]:
     """`_masks_and_scores` of the logits that `restore_logits` makes of `low` (U, h4, w4),
-    restored one query at a time straight into the (U, H, W) bool masks."""
+    restored one query at a time straight into the (U, H, W) bool masks; with `rows` > U the
+    masks tensor has that many rows, the ones after U unset (room for `_gather_rows_in_place`)."""
     u = low.shape[0]
     h, w = meta.original_size
-    masks = torch.empty(u, h * w, dtype=torch.bool, device=low.device)
+    masks = torch.empty(max(u, rows), h * w, dtype=torch.bool, device=low.device)
     total = torch.zeros(u, dtype=torch.float64, device=low.device)
     count = torch.zeros(u, dtype=torch.int64, device=low.device)
     for q, logits in _restored_one_by_one(low, meta):
@@ -232,7 +233,45 @@ def _masks_and_scores_chunked(low: Tensor, meta: ImageMeta) -> tuple[Tensor, Ten
         prob = logits.sigmoid_().masked_fill_(~pos, 0.0)  # sigmoid inside the mask, 0 outside
         total[q] = prob.sum(dtype=torch.float64)
         count[q] = pos.sum()
-    return masks.view(u, h, w), (total / (count + 1e-6)).float()
+    return masks.view(-1, h, w), (total / (count + 1e-6)).float()
+
+
+def _gather_rows_in_place(buf: Tensor, src: Tensor) -> Tensor:
+    """`buf[src]` (M, ...) for src (M,) indices into buf's first rows, made inside buf (R >= M
+    rows) with one spare row instead of a second stack: the first use of every source row is
+    moved to its place by following the cycles of a permutation, then repeated uses are copied."""
+    m, r = src.numel(), buf.shape[0]
+    src_list = src.tolist()
+    primary: dict[int, int] = {}  # source row -> the first destination that takes it
+    for dst, s in enumerate(src_list):
+        primary.setdefault(s, dst)
+    perm = [-1] * r  # perm[dst] = the row whose content moves to dst
+    for s, dst in primary.items():
+        perm[dst] = s
+    unused = iter(sorted(set(range(r)) - set(primary)))  # rows nobody needs fill the other places
+    for dst in range(r):
+        if perm[dst] < 0:
+            perm[dst] = next(unused)
+    done = [False] * r
+    spare = torch.empty_like(buf[0])
+    for start in range(r):  # new[dst] = old[perm[dst]], one cycle at a time
+        if done[start] or perm[start] == start:
+            done[start] = True
+            continue
+        spare.copy_(buf[start])
+        dst = start
+        while True:
+            done[dst] = True
+            s = perm[dst]
+            if s == start:
+                buf[dst].copy_(spare)
+                break
+            buf[dst].copy_(buf[s])
+            dst = s
+    for dst, s in enumerate(src_list):  # repeated sources: copies of the row placed first
+        if primary[s] != dst:
+            buf[dst].copy_(buf[primary[s]])
+    return buf[:m]
 
 
 def _assign_pixels(
@@ -392,13 +431,16 @@ def instance(
             logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
             binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)
         else:
-            binary, mask_scores = _masks_and_scores_chunked(mask_logits[i, uniq], meta)
+            # Room for every instance: the masks are then put in instance order in place.
+            binary, mask_scores = _masks_and_scores_chunked(mask_logits[i, uniq], meta, rows=k)
         scores = top_scores[i] * mask_scores[inverse]
         keep = scores >= threshold
         order = scores[keep].argsort(descending=True)
         sel = keep.nonzero()[:, 0][order]
         rows = inverse[sel]
-        if not torch.equal(rows, torch.arange(len(uniq), device=rows.device)):
+        if binary.shape[0] > len(uniq):
+            binary = _gather_rows_in_place(binary, rows)
+        elif not torch.equal(rows, torch.arange(len(uniq), device=rows.device)):
             binary = binary[rows]  # a copy; skipped when the instances are the queries in order
         results.append(InstanceResult(binary, labels[sel], scores[sel]))
     return results
