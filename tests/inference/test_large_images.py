@@ -173,3 +173,22 @@ def test_gathering_rows_in_place_equals_indexing() -> None:
         buf = torch.randn(rows, 3, generator=g)
         want = buf[src].clone()
         assert torch.equal(postprocess._gather_rows_in_place(buf, src), want)
+
+
+def test_eomt_predict_skips_a_bomb_by_name_and_takes_the_limit_option(tmp_path, capsys) -> None:
+    from eomt import save_model
+    from eomt.cli import main
+
+    model = save_model(_tiny(), tmp_path / "model.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    _png_header_only(images / "bomb.png", 40000, 30000)
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(images / "small.png")
+    code = main(["predict", str(images), "--model", str(model), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and (tmp_path / "out" / "small_overlay.png").is_file()
+    line = next(x for x in err.splitlines() if "bomb.png" in x and "skipped" in x)
+    assert "40000 x 30000 = 1,200,000,000 pixels is more than the limit of 178,956,970" in line
+    code = main(["predict", str(images / "small.png"), "--model", str(model), "--out", str(tmp_path / "o2"),
+                 "--max-pixels", "2000"])
+    assert code == 1 and "limit of 2,000" in capsys.readouterr().err
