@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         make_image(image, (h, w))
         make_model(model, args.queries)
         for task in tasks:
-            cmd = [sys.executable, "-c", "from eomt.cli import main; raise SystemExit(main())", "predict", str(image), "--model", str(model),
+            cli = "from eomt.cli import main; raise SystemExit(main())"
+            cmd = [sys.executable, "-c", cli, "predict", str(image), "--model", str(model),
                    "--out", str(Path(tmp) / f"out_{task}"), "--task", task, "--threshold", "0",
                    "--top-k", str(args.queries), "--vis-threshold", "0"]
             r = measure(cmd, args.cap_gb * 2**30)

@@ -117,7 +117,8 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = 
     """Any supported image input -> (3, H, W): uint8, or float in [0, 1] for float tensors.
 
     Paths are read with `read_image` (files above `max_pixels` pixels are refused); PIL images
-    and numpy arrays (H, W[, C]) are converted to RGB; tensors must be (3, H, W) or (H, W) (grayscale) and keep their dtype if uint8 or float.
+    and numpy arrays (H, W[, C]) are converted to RGB; tensors must be (3, H, W) or (H, W)
+    (grayscale) and keep their dtype if uint8 or float.
     """
     if isinstance(image, (str, Path)):
         return read_image(image, max_pixels)

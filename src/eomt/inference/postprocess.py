@@ -148,17 +148,16 @@ def panoptic(
             results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
             continue
         low, kept_scores = mask_logits[i, idx], scores[i, idx]
-        if _is_large(idx.numel(), (h, w)):
+        if _is_large(idx.numel(), (h, w)):  # one query at a time into per-pixel state
             assignment = _assign_pixels_chunked(low, meta, kept_scores, mask_threshold)
-            results.append(_merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
-            continue
-        # On accelerators the direct path is a few large kernels; the bounds pay off on the CPU.
-        plan = plan_assignment(low, meta, kept_scores, mask_threshold) if device.type == "cpu" else None
-        logits = restore_logits(low, meta, reuse_buffers=True)  # (K, H, W)
-        if plan is None:
-            assignment = _assign_pixels(logits, kept_scores, mask_threshold, from_logits=True)
         else:
-            assignment = plan.resolve(logits)
+            # On accelerators the direct path is a few large kernels; the bounds pay off on the CPU.
+            plan = plan_assignment(low, meta, kept_scores, mask_threshold) if device.type == "cpu" else None
+            logits = restore_logits(low, meta, reuse_buffers=True)  # (K, H, W)
+            if plan is None:
+                assignment = _assign_pixels(logits, kept_scores, mask_threshold, from_logits=True)
+            else:
+                assignment = plan.resolve(logits)
         results.append(_merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
     return results
 
