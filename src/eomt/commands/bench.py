@@ -29,6 +29,8 @@ PRECISIONS = {
 }
 MODES = ("eager", "compile", "max-autotune", "cudagraphs")
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
@@ -39,9 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="network input size (default: each model's)")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default: 1)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
-                        "TorchScript file): only for files whose source you trust")
+    add_trust_pickle(p)
     p.add_argument("--precision", "--dtype", dest="precision", default="fp32",
                    help=f"comma-separated from {', '.join(PRECISIONS)} (default: fp32)")
     p.add_argument("--mode", default="eager",

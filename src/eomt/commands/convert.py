@@ -11,6 +11,8 @@ FORMATS = {
     "official": "a tue-mps/eomt state dict (network.* keys), e.g. pytorch_model.bin",
 }
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="checkpoint file, folder or hub id (owner/name)")
@@ -22,9 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="preset of the source when it cannot be inferred (e.g. eomt_large_640)")
     p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
                    help="resample the position embedding to this input size (N or H W)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
-                        "TorchScript file): only for files whose source you trust")
+    add_trust_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:

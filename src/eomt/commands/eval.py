@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -19,9 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the metrics as JSON here; the logs go to eval/ beside it "
                         "(default: CHECKPOINT_DIR/eval/)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
-                        "TorchScript file): only for files whose source you trust")
+    add_trust_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:

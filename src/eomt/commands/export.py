@@ -9,6 +9,8 @@ from eomt.export import FORMATS
 
 log = logging.getLogger(__name__)
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="SOURCE",
@@ -25,9 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-unmasked", action="store_true",
                    help="export a model whose mask annealing is unfinished with masked attention "
                         "switched off (its predictions change); by default such a model is refused")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let the model file run code when it is loaded (pickled Python objects, a .ts "
-                        "TorchScript file): only for files whose source you trust")
+    add_trust_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:

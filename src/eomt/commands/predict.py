@@ -23,6 +23,8 @@ from typing import Any
 
 from eomt.config import TASKS
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
@@ -54,9 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bomb guard; 0: no limit; default: 178956970, Pillow's own limit)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="let the model file run code when it is loaded (pickled Python objects, a .ts "
-                             "TorchScript file): only for files whose source you trust")
+    add_trust_pickle(parser)
     parser.add_argument("--category-ids", type=Path, default=None,
                         help="JSON list mapping class index -> dataset category id for the JSON outputs "
                              "(default: the ids stored in the checkpoint, else the class index)")

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from eomt.commands import add_trust_pickle
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -27,9 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let the train.init file run code when it is loaded (pickled Python objects): only "
-                        "for files whose source you trust (a resumed checkpoint is always read weights-only)")
+    add_trust_pickle(p, "the train.init file", " (a resumed checkpoint is always read weights-only)")
 
 
 def run(args: argparse.Namespace) -> int:
