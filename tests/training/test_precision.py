@@ -38,7 +38,7 @@ class GradRecorder(Callback):
 
     def on_train_batch_end(self, trainer, module, *args) -> None:  # noqa: ANN001
         grads = [p.grad for p in module.parameters() if p.grad is not None]
-        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))))
         opt = trainer.optimizers[0]
         self.fused.append(bool(opt.defaults.get("fused")))
 
@@ -59,8 +59,11 @@ def test_every_precision_trains_with_clipping(precision: str, tmp_path: Path, mo
     cfg = tiny_config(tmp_path, f"train.precision={precision}")
     recorder = _train(cfg, monkeypatch)
     assert len(recorder.norms) == 3
-    # The gradients the optimizer stepped with were clipped to the recipe's norm (0.01).
-    assert max(recorder.norms) <= cfg.train.grad_clip * (1 + 1e-3)
+    # The gradients the optimizer stepped with were clipped to the recipe's norm (0.01), up to the
+    # rounding of bf16 arithmetic where the weights are bf16 (8 bits: the norm clipping computes and
+    # the scaled gradients are each off by up to 2^-8 relative).
+    rounding = 2**-8 if precision == "bf16-true" else 1e-5
+    assert max(recorder.norms) <= cfg.train.grad_clip * (1 + 4 * rounding)
     assert all(recorder.fused)  # no GradScaler on the CPU: the fused step is allowed
     model = load_model(tmp_path / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
