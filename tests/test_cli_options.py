@@ -71,6 +71,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["--threshold", "2"], r"--threshold: 2 is not a score; expected a number in [0, 1]"),
     (["--mask-threshold", "-0.1"], "--mask-threshold: -0.1 is not a score"),
     (["--batch-size", "0"], "--batch-size: 0 must be at least 1"),
+    (["--max-pixels", "-1"], "--max-pixels: -1 must be >= 0 (0 = no limit)"),
 ])
 def test_predict_option_errors_name_the_option(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                option: list[str], message: str) -> None:

@@ -78,6 +78,8 @@ def check_options(args: argparse.Namespace) -> None:
     for name, value in {"--top-k": args.top_k, "--batch-size": args.batch_size}.items():
         if value < 1:
             raise ValueError(f"{name}: {value} must be at least 1")
+    if args.max_pixels < 0:
+        raise ValueError(f"--max-pixels: {args.max_pixels} must be >= 0 (0 = no limit)")
     from eomt.inference.predictor import COMPILE_MODES
 
     if args.compile is not None and args.compile not in COMPILE_MODES:
