@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"== {split} ==\n{label_line}")
             ok = False
             continue
-        with _progress(split) as progress:
+        from eomt.training.preflight import check_progress
+
+        progress, close = check_progress(split, bar=True)  # the bar training's own check shows
+        try:
             report = check_dataset(dataset, read_images=not args.headers_only, max_images=args.max_images,
                                    progress=progress)
+        finally:
+            close()
         print(f"== {split} ==")
         if label_line:
             print(label_line)
@@ -62,23 +67,6 @@ def run(args: argparse.Namespace) -> int:
         print(text)
         ok &= report.ok and labels_ok
     return 0 if ok else 1
-
-
-def _progress(split: str) -> Any:
-    import contextlib
-
-    from tqdm import tqdm
-
-    @contextlib.contextmanager
-    def bar() -> Iterator[Callable[[int, int], None]]:
-        with tqdm(total=0, unit="img", desc=f"checking {split}", file=sys.stderr, disable=None) as b:
-            def update(done: int, total: int) -> None:
-                b.total = total
-                b.update(done - b.n)
-
-            yield update
-
-    return bar()
 
 
 def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, str]]:

@@ -95,7 +95,7 @@ def is_checkable(dataset: Any) -> bool:
     return hasattr(dataset, "check_item")
 
 
-def _progress(split: str, bar: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def check_progress(split: str, bar: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """(update(done, total), close()): a progress bar, or a log line every 30 s with rate and ETA."""
     if bar:
         from tqdm import tqdm
@@ -155,7 +155,7 @@ def check_training_data(splits: list[Split], cache_path: Path, *, workers: int =
             entries[split.name] = cached
             continue
         start = time.perf_counter()
-        update, close = _progress(split.name, progress)
+        update, close = check_progress(split.name, progress)
         try:
             report = check_dataset(split.dataset, read_images=False, progress=update, workers=workers)
         finally:
