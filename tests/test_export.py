@@ -152,3 +152,31 @@ def test_cli_export_writes_file_and_reports_refusal(model: EoMT, tmp_path, capsy
     masked = save_model(_model([1.0, 1.0]), tmp_path / "masked.safetensors")
     assert main(["export", "--model", str(masked), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 1
     assert "masked attention is still active" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torchscript", ".ts"), ("exported-program", ".pt2"), ("onnx", ".onnx")])
+def test_export_files_are_written_atomically_with_the_umask(model: EoMT, tmp_path, monkeypatch, fmt, suffix) -> None:
+    import os
+
+    from eomt import export as export_module
+    from eomt.files import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        path = export_model(model, tmp_path / "net", format=fmt, onnx_exporter="legacy")
+    finally:
+        os.umask(old)
+    assert path.name == f"net{suffix}" and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporaries
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert load_exported(path, trust_pickle=True).config == model.config
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # A failure while writing keeps the earlier file as it was and leaves nothing else behind.
+    before = path.read_bytes()
+    monkeypatch.setattr(export_module, "write_atomic",
+                        lambda target, data: write_atomic(target, lambda tmp: (tmp.write_bytes(b"partial"), fail())))
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(model, tmp_path / "net", format=fmt, onnx_exporter="legacy")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from eomt.config import ModelConfig
+from eomt.files import temp_folder, write_atomic
 from eomt.models import EoMT, EoMTOutput
 
 log = logging.getLogger(__name__)
@@ -168,30 +170,43 @@ def _export_onnx(
             f"export: {nbytes / 2**30:.1f} GiB of weights exceed the 2 GiB ONNX protobuf limit of the "
             "legacy exporter; install onnxscript to use the dynamo exporter (external weights)"
         )
-    if exporter == "dynamo":
-        # The torch.export-based exporter; it writes large weights beside the graph itself.
-        program = torch.onnx.export(
-            net, (example,), dynamo=True, opset_version=opset, verbose=False, external_data=large, **names
-        )
-        program.save(str(path), external_data=large)
-    else:
-        # Legacy TorchScript-based exporter: needs no onnxscript; supports opset <= 20.
-        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=opset, **names)
-    proto = onnx.load(str(path), load_external_data=False)
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    # The exporters write into a private folder beside the target; the files then move into place,
+    # the graph last, so a graph file is there only when it is complete and its weights with it.
+    with temp_folder(path) as work:
+        draft = work / path.name
+        if exporter == "dynamo":
+            # The torch.export-based exporter; it writes large weights beside the graph itself.
+            program = torch.onnx.export(
+                net, (example,), dynamo=True, opset_version=opset, verbose=False, external_data=large, **names
+            )
+            program.save(str(draft), external_data=large)
+        else:
+            # Legacy TorchScript-based exporter: needs no onnxscript; supports opset <= 20.
+            torch.onnx.export(net, (example,), str(draft), dynamo=False, opset_version=opset, **names)
+        proto = onnx.load(str(draft), load_external_data=False)
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=value)
+        for extra in sorted(work.iterdir()):  # external weights, named as the graph refers to them
+            if extra.name != path.name:
+                write_atomic(path.parent / extra.name, lambda tmp, src=extra: os.replace(src, tmp))
+        write_atomic(path, proto.SerializeToString())
 
 
 def _export_torchscript(net: nn.Module, example: Tensor, path: Path, meta: dict[str, str], opset: int) -> None:
     traced = torch.jit.trace(net, (example,), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files=meta)
+    write_atomic(path, lambda tmp: _save_to(tmp, lambda f: torch.jit.save(traced, f, _extra_files=meta)))
 
 
 def _export_program(net: nn.Module, example: Tensor, path: Path, meta: dict[str, str], opset: int) -> None:
     program = torch.export.export(net, (example,))
-    torch.export.save(program, str(path), extra_files=meta)
+    write_atomic(path, lambda tmp: _save_to(tmp, lambda f: torch.export.save(program, f, extra_files=meta)))
+
+
+def _save_to(tmp: Path, save: Callable[[Any], None]) -> None:
+    """Run a saver that takes a file object on the temporary file (the savers check a path's suffix)."""
+    with open(tmp, "wb") as f:
+        save(f)
 
 
 # ---------------------------------------------------------------------------------------------

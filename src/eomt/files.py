@@ -7,6 +7,8 @@
   left behind are removed before the next write of that target and by `clean_stale_temps` at the
   start of a run (a temporary file is stale when the process that made it is gone, or when it is
   older than the process of the same id now running).
+- `temp_folder(path)`: a work folder for writers that make several files (ONNX with external
+  weights), cleaned like a temporary file.
 - `write_json(path, obj)`: strict JSON (no bare NaN / Infinity): a non-finite number is written as
   null, and for a JSON object the reason is given under "null_values".
 """
@@ -21,6 +23,7 @@ import numbers
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -85,12 +88,15 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]
         return removed
     for entry in folder.iterdir():
         m = _TEMP.match(entry.name)
-        if not m or (name is not None and m["name"] != name) or not entry.is_file():
+        if not m or (name is not None and m["name"] != name) or entry.is_symlink():
             continue
         pid = m["pid"] or m["old"]
         if _is_stale(entry, int(pid) if pid else None):
             with contextlib.suppress(OSError):
-                entry.unlink()
+                if entry.is_dir():  # a work folder (`temp_folder`)
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry)
     if removed:
         log.info("removed %d temporary file(s) of interrupted writes in %s", len(removed), folder)
@@ -117,6 +123,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def temp_folder(path: str | Path) -> Iterator[Path]:
+    """A private work folder beside `path`, named like a temporary file of it (so an interrupted
+    run's folder is removed as stale like one), removed when the block ends. For writers that
+    make several files, which are then moved into place with `write_atomic`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent, path.name)
+    work = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_atomic(path: str | Path, data: WriteData) -> Path:
@@ -151,7 +173,7 @@ def finite(obj: Any, reason: str = NAN_REASON) -> tuple[Any, dict[str, str]]:
     return walk(obj, ""), nulls
 
 
-def json_text(obj: Any, indent: int | None = 1, reason: str = NAN_REASON) -> str:
+def json_text(obj: Any, indent: int | None = 1, reason: str = NAN_REASON, sort_keys: bool = False) -> str:
     """Strict JSON text of `obj`: non-finite numbers as null, listed with `reason` under
     "null_values" when `obj` is a JSON object (a list has nowhere to say it)."""
     clean, nulls = finite(obj, reason)
@@ -159,7 +181,7 @@ def json_text(obj: Any, indent: int | None = 1, reason: str = NAN_REASON) -> str
         clean = {**clean, NULL_KEY: nulls}
     elif nulls:
         log.warning("%d non-finite number(s) written as null (%s)", len(nulls), ", ".join(list(nulls)[:3]))
-    return json.dumps(clean, indent=indent, allow_nan=False, default=_plain) + "\n"
+    return json.dumps(clean, indent=indent, allow_nan=False, default=_plain, sort_keys=sort_keys) + "\n"
 
 
 def _plain(value: Any) -> Any:

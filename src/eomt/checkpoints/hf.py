@@ -18,6 +18,7 @@ import torch
 from eomt.checkpoints.infer import with_label_space
 from eomt.checkpoints.io import CheckpointError, StateDict, save_safetensors, write_atomic
 from eomt.config import ConfigError, ModelConfig
+from eomt.files import json_text
 from eomt.models.eomt import EoMT
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,6 @@ def save_transformers(model: EoMT, folder: str | Path) -> Path:
     weights["criterion.empty_weight"] = empty  # HF's loss buffer, so that from_pretrained reports nothing missing
     folder.mkdir(parents=True, exist_ok=True)
     save_safetensors(weights, folder / "model.safetensors", {"format": "pt"})
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    write_atomic(folder / "config.json", lambda tmp: tmp.write_text(text))
+    write_atomic(folder / "config.json", json_text(config, indent=2, sort_keys=True))
     log.info("wrote transformers folder %s (%d tensors)", folder, len(weights))
     return folder

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from eomt.checkpoints.io import CheckpointError, StateDict, write_atomic
 from eomt.config import ModelConfig
+from eomt.files import json_text
 from eomt.models.eomt import EoMT, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ def sidecar_path(weights: Path) -> Path:
 
 def write_sidecar(config: ModelConfig, weights: Path) -> Path:
     """Write `config` (label space included) beside the official weight file `weights`."""
-    text = json.dumps({"model_config": config.to_dict()}, indent=2, sort_keys=True) + "\n"
-    return write_atomic(sidecar_path(weights), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_atomic(sidecar_path(weights), json_text({"model_config": config.to_dict()}, indent=2, sort_keys=True))
 
 
 def read_sidecar(weights: Path) -> ModelConfig | None:
