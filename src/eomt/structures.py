@@ -7,7 +7,9 @@ Every dataset yields `(image uint8 (H, W, 3), Target)`; the post-processing retu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -63,11 +65,118 @@ class PanopticResult:
     segments: list[dict[str, Any]] = field(default_factory=list)
 
 
+class RLEMasks:
+    """N binary masks of one (H, W) image as COCO run-length encodings: the compact form of
+    `InstanceResult.masks` for images whose dense (N, H, W) stack would take too much memory.
+
+    Each mask is one pycocotools RLE dict {"size": [H, W], "counts": bytes} (runs in column-major
+    order, alternately 0s and 1s, starting with 0s: the COCO results format), so results files and
+    the evaluation use them as they are. It reads like the dense stack wherever masks are taken one
+    at a time: `len(m)`, `m.shape` (N, H, W), `m[i]` is an (H, W) bool tensor decoded on demand,
+    iterating decodes one mask after another, `m[indices]` (a slice, list or index tensor) is an
+    `RLEMasks` of those masks. `to_dense()` makes the (N, H, W) bool stack (N x H x W bytes).
+    `device` is where decoded masks are put.
+    """
+
+    dtype = torch.bool
+
+    def __init__(self, rles: list[dict[str, Any]], size: tuple[int, int],
+                 device: torch.device | str = "cpu") -> None:
+        self.rles = list(rles)
+        self.size = (int(size[0]), int(size[1]))
+        self.device = torch.device(device)
+        for i, rle in enumerate(self.rles):
+            if [int(v) for v in rle["size"]] != list(self.size):
+                raise ValueError(f"RLEMasks: mask {i} has size {list(rle['size'])}, expected {list(self.size)}")
+
+    @staticmethod
+    def encode_one(mask: Tensor) -> dict[str, Any]:
+        """The COCO RLE of one (H, W) bool mask (the mask is copied once, column-major, as uint8)."""
+        from pycocotools import mask as mask_utils
+
+        column_major = mask.detach().bool().cpu().t().contiguous().numpy().view(np.uint8)  # (W, H)
+        return mask_utils.encode(column_major.T[:, :, None])[0]  # .T: an (H, W) Fortran view
+
+    @classmethod
+    def encode(cls, masks: Tensor) -> "RLEMasks":
+        """RLEs of a dense (N, H, W) bool stack, one mask at a time."""
+        if masks.dim() != 3:
+            raise ValueError(f"RLEMasks.encode: expected (N, H, W) masks, found shape {tuple(masks.shape)}")
+        return cls([cls.encode_one(m) for m in masks], tuple(masks.shape[1:]), masks.device)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rles), *self.size))
+
+    def dim(self) -> int:
+        return 3
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def __repr__(self) -> str:
+        return f"RLEMasks(n={len(self.rles)}, size={self.size})"
+
+    def _decode(self, rle: dict[str, Any]) -> Tensor:
+        from pycocotools import mask as mask_utils
+
+        column_major = mask_utils.decode(rle)  # (H, W) uint8, Fortran order
+        return torch.from_numpy(column_major.T.view(np.bool_)).t().contiguous().to(self.device)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "Tensor | RLEMasks":
+        if isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0):
+            return self._decode(self.rles[int(index)])
+        if isinstance(index, slice):
+            return RLEMasks(self.rles[index], self.size, self.device)
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            index = index.nonzero()[:, 0]
+        return RLEMasks([self.rles[int(i)] for i in (index.tolist() if isinstance(index, Tensor) else index)],
+                        self.size, self.device)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for rle in self.rles:
+            yield self._decode(rle)
+
+    def to(self, device: torch.device | str) -> "RLEMasks":
+        """The same masks, decoded onto `device` from now on (the encodings stay in host memory)."""
+        return RLEMasks(self.rles, self.size, device)
+
+    def cpu(self) -> "RLEMasks":
+        return self.to("cpu")
+
+    def to_dense(self) -> Tensor:
+        """(N, H, W) bool masks on `device`."""
+        out = torch.zeros(len(self.rles), *self.size, dtype=torch.bool, device=self.device)
+        for i, mask in enumerate(self):
+            out[i] = mask
+        return out
+
+    def area(self) -> Tensor:
+        """(N,) int64 pixels per mask, from the runs (no decoding)."""
+        from pycocotools import mask as mask_utils
+
+        if not self.rles:
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.from_numpy(mask_utils.area(self.rles).astype(np.int64))
+
+
+Masks = Union[Tensor, RLEMasks]
+
+
+def dense_masks(masks: Masks) -> Tensor:
+    """(N, H, W) bool masks as a tensor, decoding `RLEMasks`."""
+    return masks.to_dense() if isinstance(masks, RLEMasks) else masks
+
+
 @dataclass
 class InstanceResult:
-    """Instance prediction of one image: masks (N, H, W) bool, labels (N,) int64, scores (N,)."""
+    """Instance prediction of one image: masks (N, H, W), labels (N,) int64, scores (N,).
 
-    masks: Tensor
+    masks: a bool tensor, or, for large images (see `eomt.inference.postprocess.instance`'s
+    `mask_format`), `RLEMasks`, which index and iterate like the tensor, one mask at a time.
+    """
+
+    masks: Masks
     labels: Tensor
     scores: Tensor
 

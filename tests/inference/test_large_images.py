@@ -196,3 +196,84 @@ def test_eomt_predict_skips_a_bomb_by_name_and_takes_the_limit_option(tmp_path, 
     code = main(["predict", str(images / "small.png"), "--model", str(model), "--out", str(tmp_path / "o2"),
                  "--max-pixels", "2000"])
     assert code == 1 and "limit of 2,000" in capsys.readouterr().err
+
+
+def test_rle_masks_read_like_the_dense_stack() -> None:
+    from pycocotools import mask as mask_utils
+
+    from eomt.structures import RLEMasks
+
+    g = torch.Generator().manual_seed(5)
+    dense = torch.rand(5, 37, 23, generator=g) > 0.5
+    dense[1] = False  # an empty mask
+    masks = RLEMasks.encode(dense)
+    want = mask_utils.encode(np.asfortranarray(dense.numpy().astype(np.uint8).transpose(1, 2, 0)))
+    assert [r["counts"] for r in masks.rles] == [r["counts"] for r in want]  # pycocotools' own encoding
+    assert masks.shape == dense.shape and len(masks) == 5 and masks.dim() == 3
+    assert torch.equal(masks.to_dense(), dense)
+    assert all(torch.equal(m, d) for m, d in zip(masks, dense))
+    assert torch.equal(masks[3], dense[3]) and torch.equal(masks[torch.tensor(2)], dense[2])
+    assert masks[3].dtype == torch.bool and masks[3].is_contiguous()
+    assert torch.equal(masks[1:4].to_dense(), dense[1:4])
+    assert torch.equal(masks[torch.tensor([4, 0, 4])].to_dense(), dense[[4, 0, 4]])
+    assert torch.equal(masks[torch.tensor([True, False, True, False, False])].to_dense(), dense[[0, 2]])
+    assert torch.equal(masks.area(), dense.flatten(1).sum(1))
+    assert RLEMasks([], (4, 6)).to_dense().shape == (0, 4, 6) and RLEMasks([], (4, 6)).area().numel() == 0
+    with pytest.raises(ValueError, match=r"mask 0 has size \[37, 23\], expected \[23, 37\]"):
+        RLEMasks(masks.rles, (23, 37))
+
+
+@pytest.mark.parametrize("top_k", [10, 25])
+def test_rle_instance_masks_equal_the_dense_ones(monkeypatch: pytest.MonkeyPatch, top_k: int) -> None:
+    from eomt.structures import RLEMasks
+
+    low, cls = _outputs(1)
+    meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
+    want = postprocess.instance(low, cls, [meta], top_k=top_k, mask_format="dense")[0]
+    got = postprocess.instance(low, cls, [meta], top_k=top_k, mask_format="rle")[0]
+    assert isinstance(got.masks, RLEMasks) and isinstance(want.masks, torch.Tensor)
+    assert torch.equal(got.masks.to_dense(), want.masks) and torch.equal(got.labels, want.labels)
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-6, atol=1e-7)
+    assert isinstance(postprocess.instance(low, cls, [meta], top_k=top_k)[0].masks, torch.Tensor)
+    monkeypatch.setattr(postprocess, "DENSE_MASK_BYTES", top_k * 150 * 230 - 1)  # auto: just too large
+    auto = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
+    assert isinstance(auto.masks, RLEMasks) and auto.masks.rles == got.masks.rles
+    with pytest.raises(ValueError, match="mask_format: unknown value 'png'"):
+        postprocess.instance(low, cls, [meta], mask_format="png")
+
+
+def test_results_overlays_and_ap_of_rle_masks_equal_those_of_dense_masks() -> None:
+    from eomt.evaluation.instance import InstanceEvaluator
+    from eomt.inference import formats, visualize
+    from eomt.structures import InstanceResult, RLEMasks, Target
+
+    g = torch.Generator().manual_seed(8)
+    masks = torch.rand(4, 40, 30, generator=g) > 0.6
+    labels, scores = torch.tensor([0, 1, 1, 2]), torch.tensor([0.9, 0.3, 0.95, 0.6])
+    dense = InstanceResult(masks, labels, scores)
+    rle = InstanceResult(RLEMasks.encode(masks), labels, scores)
+    assert formats.instances_to_coco(rle, 3) == formats.instances_to_coco(dense, 3)
+    image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8, generator=g)
+    assert np.array_equal(np.asarray(visualize.overlay_instances(image, rle)),
+                          np.asarray(visualize.overlay_instances(image, dense)))
+    target = Target(masks[[0, 2]] | masks[[1, 3]], torch.tensor([0, 1]), torch.tensor([False, False]))
+    results = []
+    for pred in (dense, rle):
+        evaluator = InstanceEvaluator(num_classes=3)
+        evaluator.update([pred], [target])
+        results.append(evaluator.compute())
+    assert results[0] == results[1]
+
+
+def test_predictor_gives_rle_masks_when_asked_and_checks_the_option() -> None:
+    from eomt.structures import RLEMasks
+
+    image = torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = _tiny()
+    dense = Predictor(model, task="instance", mask_format="dense", top_k=7).predict_one(image)
+    rle = Predictor(model, task="instance", mask_format="rle", top_k=7).predict_one(image)
+    assert isinstance(rle.masks, RLEMasks) and rle.masks.shape == dense.masks.shape == (7, 90, 70)
+    assert torch.equal(rle.masks.to_dense(), dense.masks) and torch.equal(rle.labels, dense.labels)
+    torch.testing.assert_close(rle.scores, dense.scores, rtol=1e-6, atol=1e-7)  # sums in another order
+    with pytest.raises(ValueError, match="mask_format: unknown value 'sparse'"):
+        Predictor(model, task="instance", mask_format="sparse")

@@ -217,3 +217,15 @@ def test_predict_command_with_tiles(tmp_path: Path) -> None:
         assert im.size == (300, 200)
     with Image.open(out / "big_overlay.png") as im:
         assert im.height >= 200 and im.width > 300
+
+
+def test_joined_instances_as_rle_equal_the_dense_ones() -> None:
+    from eomt.structures import RLEMasks
+
+    image = disc_image()
+    run = Predictor(ColourNet((64, 64), "instance"), threshold=0.5).predict_tensors
+    dense = predict_tiled(image, run, "instance", 64, 16, mask_format="dense")
+    rle = predict_tiled(image, run, "instance", 64, 16, mask_format="rle")
+    assert isinstance(rle.masks, RLEMasks) and len(rle.masks) == len(DISCS) + 1
+    assert torch.equal(rle.masks.to_dense(), dense.masks) and torch.equal(rle.labels, dense.labels)
+    assert torch.equal(rle.scores, dense.scores)

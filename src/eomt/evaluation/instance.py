@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from eomt.evaluation.distributed import all_gather_objects
-from eomt.structures import InstanceResult, Target
+from eomt.structures import InstanceResult, RLEMasks, Target
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 _STAT_INDEX = {"ap": 0, "ap50": 1, "ap75": 2, "ap_small": 3, "ap_medium": 4, "ap_large": 5}
 
 
-def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
+def encode_masks(masks: Tensor | RLEMasks) -> list[dict[str, Any]]:
     """COCO RLEs of (N, H, W) binary masks, one dict {"size", "counts" (bytes)} per mask."""
+    if isinstance(masks, RLEMasks):
+        return masks.rles
     if masks.shape[0] == 0:
         return []
     array = masks.detach().bool().permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # (H, W, N)

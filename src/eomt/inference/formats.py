@@ -18,7 +18,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+from eomt.structures import InstanceResult, PanopticResult, RLEMasks, SemanticResult
 
 
 def id_to_rgb(ids: Tensor | np.ndarray) -> np.ndarray:
@@ -92,8 +92,9 @@ def instances_to_coco(
     """COCO results entries (one per instance) with RLE masks for one image."""
     if len(result.labels) == 0:
         return []
-    # One mask at a time: a Fortran-ordered uint8 copy of one mask, not of all of them.
-    rles = [mask_utils.encode(np.asfortranarray(m.cpu().numpy().view(np.uint8)[:, :, None]))[0] for m in result.masks]
+    # One mask at a time: a column-major copy of one mask, not of all of them.
+    masks = result.masks
+    rles = masks.rles if isinstance(masks, RLEMasks) else [RLEMasks.encode_one(m) for m in masks]
     boxes = mask_utils.toBbox(rles).tolist()
     out = []
     for rle, box, label, score in zip(rles, boxes, result.labels.tolist(), result.scores.tolist()):

@@ -32,18 +32,22 @@ import math
 import threading
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from eomt.inference.pixel_bounds import plan_assignment
 from eomt.inference.preprocess import ImageMeta, Windows, restore_geometry
-from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+from eomt.structures import InstanceResult, PanopticResult, RLEMasks, SemanticResult
 
 
 _WORKSPACE_LIMIT = 512 << 20  # bytes a thread keeps for reuse
 _DIRECT_BYTES = 256 << 20  # restored float logits up to this size are made in one piece
 _MERGE_BLOCK = 1 << 20  # pixels per step of the segment merging
+DENSE_MASK_BYTES = 256 << 20  # instance masks of mask_format="auto" are RLE above this size
+MASK_FORMATS = ("auto", "dense", "rle")
 _workspace = threading.local()
 
 
@@ -235,6 +239,25 @@ def _masks_and_scores_chunked(low: Tensor, meta: ImageMeta, rows: int = 0) -> tu
     return masks.view(-1, h, w), (total / (count + 1e-6)).float()
 
 
+def _rles_and_scores(low: Tensor, meta: ImageMeta) -> tuple[list[dict], Tensor]:
+    """`_masks_and_scores` of the logits that `restore_logits` makes of `low` (U, h4, w4), with
+    each mask as a COCO RLE: restored, thresholded and encoded one query at a time."""
+    u = low.shape[0]
+    h, w = meta.original_size
+    total = torch.zeros(u, dtype=torch.float64, device=low.device)
+    count = torch.zeros(u, dtype=torch.int64, device=low.device)
+    column_major = torch.empty(w, h, dtype=torch.bool)  # one mask, transposed: what the encoder reads
+    rles = []
+    for q, logits in _restored_one_by_one(low, meta):
+        pos = logits > 0  # (H*W,)
+        column_major.copy_(pos.view(h, w).t())
+        rles.append(mask_utils.encode(column_major.numpy().view(np.uint8).T[:, :, None])[0])
+        prob = logits.sigmoid_().masked_fill_(~pos, 0.0)  # sigmoid inside the mask, 0 outside
+        total[q] = prob.sum(dtype=torch.float64)
+        count[q] = pos.sum()
+    return rles, (total / (count + 1e-6)).float()
+
+
 def _gather_rows_in_place(buf: Tensor, src: Tensor) -> Tensor:
     """`buf[src]` (M, ...) for src (M,) indices into buf's first rows, made inside buf (R >= M
     rows) with one spare row instead of a second stack: the first use of every source row is
@@ -296,6 +319,13 @@ def _assign_pixels(
         mask_ids[start : start + ids.shape[0]] = ids
         inside[start : start + ids.shape[0]] = orig.gather(1, ids[:, None])[:, 0]
     return mask_ids, inside, orig_area
+
+
+def use_rle(mask_format: str, count: int, size: Sequence[int]) -> bool:
+    """Whether `count` instance masks of an (H, W) = `size` image are made as `RLEMasks`."""
+    if mask_format == "auto":
+        return count * size[0] * size[1] > DENSE_MASK_BYTES
+    return mask_format == "rle"
 
 
 def _is_large(channels: int, size: Sequence[int]) -> bool:
@@ -408,6 +438,7 @@ def instance(
     metas: Sequence[ImageMeta],
     top_k: int = 100,
     threshold: float = 0.0,
+    mask_format: str = "auto",
 ) -> list[InstanceResult]:
     """Instance segmentation from mask logits (B, Q, h, w) and class logits (B, Q, C+1).
 
@@ -415,7 +446,14 @@ def instance(
     excluded; one query may give several instances); mask = logits > 0 at the original size;
     score = class probability x mean sigmoid inside the mask. Instances scoring below `threshold`
     are dropped (0 keeps all, as the evaluation does). Sorted by decreasing score.
+
+    mask_format: "dense": masks as an (N, H, W) bool tensor; "rle": as `RLEMasks` (COCO
+    run-length encodings, made one query at a time, so memory stays at one query's pixels);
+    "auto" (default): dense unless the stack of `top_k` masks would pass `DENSE_MASK_BYTES`
+    (256 MB: 40 masks of a 6000x4000 photo, 270 of 1280x720), then RLE.
     """
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format: unknown value {mask_format!r} (expected one of: {', '.join(MASK_FORMATS)})")
     probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
     num_classes = probs.shape[-1]
     k = min(top_k, probs.shape[1] * num_classes)
@@ -426,6 +464,15 @@ def instance(
         labels = top_idx[i] % num_classes
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
+        if use_rle(mask_format, k, meta.original_size):
+            rles, mask_scores = _rles_and_scores(mask_logits[i, uniq], meta)
+            scores = top_scores[i] * mask_scores[inverse]
+            keep = scores >= threshold
+            order = scores[keep].argsort(descending=True)
+            sel = keep.nonzero()[:, 0][order]
+            masks = RLEMasks([rles[r] for r in inverse[sel].tolist()], meta.original_size, mask_logits.device)
+            results.append(InstanceResult(masks, labels[sel], scores[sel]))
+            continue
         if not _is_large(uniq.numel(), meta.original_size):
             logits = restore_logits(mask_logits[i, uniq], meta, reuse_buffers=True)  # (U, H, W)
             binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)

@@ -102,6 +102,10 @@ class Predictor:
     file); only for files whose source you trust. Without it such a file is refused.
     max_pixels: image files announcing more pixels are refused before decoding (a decompression
     bomb guard, `eomt.inference.io.DEFAULT_MAX_PIXELS`); None: no limit.
+    mask_format: instance masks as a bool tensor ("dense"), as `eomt.structures.RLEMasks` ("rle",
+    COCO run-length encodings made one mask at a time) or "auto": dense unless the (N, H, W) stack
+    would pass 256 MB (`postprocess.DENSE_MASK_BYTES`). `RLEMasks` index and iterate like the
+    tensor; `.to_dense()` gives the tensor.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class Predictor:
         tile_overlap: int | None = None,
         trust_pickle: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        mask_format: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
@@ -172,6 +177,10 @@ class Predictor:
             raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
         self.tile, self.tile_overlap = tile, overlap
         self.max_pixels = max_pixels
+        if mask_format not in postprocess.MASK_FORMATS:
+            raise ValueError(f"mask_format: unknown value {mask_format!r} "
+                             f"(expected one of: {', '.join(postprocess.MASK_FORMATS)})")
+        self.mask_format = mask_format
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -216,7 +225,7 @@ class Predictor:
             run = functools.partial(self._predict_untiled, semantic_scores=True)
             return [
                 predict_tiled(image, run, self.task, self.tile, self.tile_overlap, self.batch_size,
-                              self.config.stuff_classes, self.top_k)
+                              self.config.stuff_classes, self.top_k, mask_format=self.mask_format)
                 for image in images
             ]
         return self._predict_untiled(images)
@@ -246,5 +255,6 @@ class Predictor:
                 )
             )
         return list(
-            postprocess.instance(out.mask_logits, out.class_logits, metas, self.top_k, self.threshold)
+            postprocess.instance(out.mask_logits, out.class_logits, metas, self.top_k, self.threshold,
+                                 mask_format="dense" if self.tile is not None else self.mask_format)
         )

@@ -45,7 +45,8 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+from eomt.inference.postprocess import use_rle
+from eomt.structures import InstanceResult, Masks, PanopticResult, RLEMasks, SemanticResult, dense_masks
 
 Result = Union[PanopticResult, InstanceResult, SemanticResult]
 MERGE_IOU = 0.5
@@ -107,11 +108,13 @@ def predict_tiled(
     stuff_classes: Sequence[int] = (),
     top_k: int = 100,
     merge_iou: float = MERGE_IOU,
+    mask_format: str = "auto",
 ) -> Result:
     """The result of one (3, H, W) image predicted tile by tile (see the module docstring).
 
     run: the untiled predictor on a list of (3, h, w) tiles, one result per tile at the tile's
-    size; for "semantic" each result must carry its class scores (C, h, w).
+    size; for "semantic" each result must carry its class scores (C, h, w). mask_format: of the
+    joined instance masks, as `eomt.inference.postprocess.instance` has it.
     """
     if tile < 1 or not 0 <= overlap < tile:
         raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile}, >= 1)")
@@ -127,7 +130,7 @@ def predict_tiled(
 
     if task == "semantic":
         return _semantic(results(), tiles, (h, w), overlap, image.device)
-    return _Joiner(tiles, merge_iou).join(results(), task, (h, w), stuff_classes, top_k, image.device)
+    return _Joiner(tiles, merge_iou).join(results(), task, (h, w), stuff_classes, top_k, image.device, mask_format)
 
 
 def _ramp(n: int, ramp: int, start: bool, end: bool, device: torch.device) -> Tensor:
@@ -337,7 +340,7 @@ class _Joiner:
         return sum(self.pieces[p].score * self.pieces[p].area for p in group) / area
 
     def join(self, results, task: str, size: tuple[int, int], stuff_classes: Sequence[int], top_k: int,
-             device: torch.device) -> Result:
+             device: torch.device, mask_format: str = "auto") -> Result:
         stuff = set(int(c) for c in stuff_classes)
         for index, _, result in results:
             if task == "panoptic":
@@ -348,7 +351,7 @@ class _Joiner:
                 scores = torch.tensor([float(s["score"]) for s in result.segments], device=device)
                 thing = torch.tensor([bool(s["isthing"]) for s in result.segments], dtype=torch.bool, device=device)
             else:
-                masks, labels, scores = (x.to(device) for x in (result.masks, result.labels, result.scores))
+                masks, labels, scores = (x.to(device) for x in (dense_masks(result.masks), result.labels, result.scores))
                 thing = torch.ones(labels.shape[0], dtype=torch.bool, device=device)
             self.add(index, masks.bool(), labels.long(), scores.float(), thing)
             row_done = index + 1 == len(self.tiles) or self.tiles[index + 1].row != self.tiles[index].row
@@ -369,8 +372,17 @@ class _Joiner:
         ranked = sorted((-self._score(g), g[0], n) for n, g in enumerate(groups))[:top_k]
         order = [n for *_, n in ranked]
         scores = torch.tensor([-r[0] for r in ranked], dtype=torch.float32, device=device)
-        masks = torch.zeros(len(order), h, w, dtype=torch.bool, device=device)
-        for n, g in enumerate(order):
-            self._paint(masks[n], groups[g], True)
+        if use_rle(mask_format, len(order), size):  # one image-sized mask at a time
+            canvas = torch.zeros(h, w, dtype=torch.bool, device=device)
+            rles = []
+            for g in order:
+                canvas.zero_()
+                self._paint(canvas, groups[g], True)
+                rles.append(RLEMasks.encode_one(canvas))
+            masks: Masks = RLEMasks(rles, size, device)
+        else:
+            masks = torch.zeros(len(order), h, w, dtype=torch.bool, device=device)
+            for n, g in enumerate(order):
+                self._paint(masks[n], groups[g], True)
         labels = torch.tensor([self.pieces[groups[g][0]].label for g in order], dtype=torch.long, device=device)
         return InstanceResult(masks, labels, scores)
