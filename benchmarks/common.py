@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from eomt import EoMT
 from eomt.config import ModelConfig, preset, tiny_config
+from eomt.config import precision as precision_table
 
 log = logging.getLogger("benchmarks")
 
@@ -114,12 +115,10 @@ class Precision:
         return torch.autocast(device_type, dtype=self.autocast)
 
 
+# The benchmark's names, from the one precision table (eomt.config.precision).
 PRECISIONS = {
-    "fp32": Precision("fp32", torch.float32, None),
-    "bf16": Precision("bf16", torch.bfloat16, None),  # weights and activations in bf16
-    "bf16-autocast": Precision("bf16-autocast", torch.float32, torch.bfloat16),
-    "fp16": Precision("fp16", torch.float16, None),
-    "fp16-autocast": Precision("fp16-autocast", torch.float32, torch.float16),
+    p.name: Precision(p.name, p.weights_torch_dtype, p.torch_dtype if p.autocast else None)
+    for p in precision_table.TABLE
 }
 
 

@@ -85,8 +85,9 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
     """Post-processing rows, end-to-end rows (every eager network row + its post-processing), and a
     check that ours and transformers agree."""
     try:
-        from eomt.inference.postprocess import instance, panoptic
-        from eomt.inference.preprocess import ImageMeta, scaled_size_longest
+        from eomt.inference.postprocess import Workspace, instance, panoptic
+        from eomt.inference.preprocess import scaled_size_longest
+        from eomt.structures import ImageMeta
     except ImportError as e:
         return {}, {}, {"skipped": f"eomt.inference.postprocess not available ({e})"}
     from transformers.models.eomt.modeling_eomt import EomtForUniversalSegmentationOutput
@@ -100,11 +101,13 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
     metas = [ImageMeta(orig, scaled_size_longest(*orig, (h, w)), (h, w))] * b
     stuff = list(cfg.stuff_classes)
 
+    workspace = Workspace()  # the buffers a Predictor keeps from call to call
+
     def ours_post(masks: torch.Tensor = mask_logits) -> Any:
-        return panoptic(masks, cls_logits, metas, stuff)
+        return panoptic(masks, cls_logits, metas, stuff, workspace=workspace)
 
     def ours_instance() -> Any:
-        return instance(mask_logits, cls_logits, metas)
+        return instance(mask_logits, cls_logits, metas, workspace=workspace)
 
     fns: dict[str, Callable[[], Any]] = {"ours postprocess": ours_post, "ours instance postprocess": ours_instance}
     meta = {"ours postprocess": {"section": "postprocess", "impl": "ours"},

@@ -167,3 +167,34 @@ def test_cli_bench_rejects_unknown_names(capsys) -> None:
     assert "--precision: unknown ['fp8']" in capsys.readouterr().err
     assert main(["bench", "--preset", "eomt_tiny_3"]) != 0
     assert "eomt_tiny_3" in capsys.readouterr().err
+
+
+def test_inference_forward_runs_each_precision_and_names_what_cannot_run() -> None:
+    from eomt.benchmark import PRECISIONS, capture_cuda_graph, inference_forward, skip_reason
+    from eomt.config import precision as precision_table
+    from eomt.errors import OptionError
+
+    assert tuple(PRECISIONS) == precision_table.BENCHMARK_NAMES  # the one precision table
+    assert PRECISIONS["bf16-autocast"] == ("float32", "bfloat16") and PRECISIONS["bf16"] == ("bfloat16", None)
+    model = EoMT(tiny_config()).eval()
+    model.set_attn_mask_probs([0.0, 0.0])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x).mask_logits
+    assert torch.equal(inference_forward(model, x, "fp32", "eager")().mask_logits, expected)
+    assert next(model.parameters()).dtype == torch.float32  # bf16 runs on a converted copy
+    inference_forward(model, x, "bf16", "eager")()
+    assert next(model.parameters()).dtype == torch.float32
+    cpu = torch.device("cpu")
+    assert skip_reason("fp16", "eager", cpu) == "fp16 needs CUDA"
+    assert skip_reason("fp32", "cudagraphs", cpu) == "CUDA graphs need CUDA"
+    assert skip_reason("bf16", "compile", cpu) is None
+    with pytest.raises(OptionError, match="precision: found 'fp8'"):
+        inference_forward(model, x, "fp8", "eager")
+    with pytest.raises(OptionError, match="mode: found 'jit'"):
+        inference_forward(model, x, "fp32", "jit")
+    if torch.cuda.is_available():
+        y = torch.zeros(4, device="cuda")
+        replay = capture_cuda_graph(lambda: y * 2 + 1)
+        y.fill_(3.0)
+        assert replay().tolist() == [7.0] * 4

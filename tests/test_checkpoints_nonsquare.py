@@ -18,7 +18,7 @@ from eomt.checkpoints import CheckpointError, load_model, save_model, save_offic
 from eomt.checkpoints.official import sidecar_path
 from eomt.checkpoints.hf import config_to_hf, to_hf
 from eomt.config import preset, tiny_config
-from eomt.models.vit import resize_pos_embed
+from eomt.models.backbones.dinov2 import resize_pos_embed
 
 SIZE = (64, 96)
 

@@ -141,3 +141,37 @@ def test_official_round_trip_keeps_the_label_space(checkpoint: Path, tmp_path: P
     original, back = load_model(checkpoint).config, load_model(tmp_path / "back.safetensors").config
     assert back.class_names == original.class_names == ("a", "b", "c", "d", "e")
     assert back.stuff_classes == original.stuff_classes == (3, 4) and back == original
+
+
+def test_command_help_comes_from_the_docstring_and_defaults_are_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    from eomt import cli
+
+    assert cli.command_help("`eomt x A`: do one thing.\n\nMore.") == "do one thing"
+    assert cli.command_help("`eomt d a`: check.\n`eomt d b`: write.") == "check; write"
+    parser = cli.build_parser()
+    assert set(parser.commands) == set(cli.VERBS)
+    assert "--threshold" in parser.commands["predict"].options  # our record, for did-you-mean hints
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "untimed calls first (default: 2)" in out and out.count("(default: 2)") == 1
+    assert "latency, throughput, FLOPs and peak memory" in out  # the module docstring
+
+
+def test_only_the_error_family_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from eomt.commands import configs
+    from eomt.errors import EomtError, OptionError
+
+    def user_error(args: object) -> int:
+        raise OptionError("--thing: 3 must be at most 2")
+
+    def bug(args: object) -> int:
+        raise KeyError("internal")
+
+    monkeypatch.setattr(configs, "run", user_error)
+    assert main(["configs"]) == 1
+    assert capsys.readouterr().err.strip() == "eomt configs: error: --thing: 3 must be at most 2"
+    assert issubclass(OptionError, EomtError) and issubclass(OptionError, ValueError)
+    monkeypatch.setattr(configs, "run", bug)
+    with pytest.raises(KeyError, match="internal"):
+        main(["configs"])

@@ -9,7 +9,8 @@ import torch
 
 from eomt import EoMT
 from eomt.config import tiny_config
-from eomt.export import ExportError, OnnxNetwork, export_model, load_exported
+from eomt.export import ExportError, export_model
+from eomt.inference.exported import OnnxNetwork, load_exported
 
 
 def _model(probs: list[float]) -> EoMT:

@@ -21,7 +21,8 @@ from PIL import Image
 
 from eomt.checkpoints import CheckpointError, init_from, load_model, save_model
 from eomt.config import tiny_config
-from eomt.export import export_model, load_exported
+from eomt.export import export_model
+from eomt.inference.exported import load_exported
 from eomt.inference.predictor import Predictor
 from eomt.models import EoMT
 from eomt.training import rerun

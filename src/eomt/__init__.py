@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from eomt.config import ModelConfig, preset
-from eomt.models import EoMT, EoMTOutput
+from eomt.models import EoMT, EoMTOutput, register_pretrained_loader
 
 __version__ = "0.1.0"
+
+
+def _load_pretrained(source: Any, **kwargs: Any) -> EoMT:
+    """`EoMT.from_pretrained` until `eomt.checkpoints` is imported (which registers its own loader)."""
+    from eomt.checkpoints import load_pretrained
+
+    return load_pretrained(source, **kwargs)
+
+
+# EoMT.from_pretrained calls the checkpoint loader; `eomt.models` imports nothing from checkpoints.
+register_pretrained_loader(_load_pretrained)
 
 _LAZY = {
     "Predictor": "eomt.inference.predictor",

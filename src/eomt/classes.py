@@ -16,6 +16,8 @@ the annotation files into them, following the official EoMT data modules (tue-mp
 
 from __future__ import annotations
 
+from eomt.errors import OptionError
+
 # ----------------------------------------------------------------------------------------------
 # COCO
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def label_space(dataset: str, task: str) -> tuple[list[str], list[int]]:
     key = (dataset.lower(), task.lower())
     if key not in _LABEL_SPACES:
         known = ", ".join(f"{d}/{t}" for d, t in _LABEL_SPACES)
-        raise ValueError(
+        raise OptionError(
             f"label space: unknown dataset/task {dataset}/{task}; expected one of {known}"
         )
     names, stuff = _LABEL_SPACES[key]

@@ -1,7 +1,11 @@
 """`eomt VERB ...`: one verb-first command line over the library.
 
-Each verb lives in `eomt.commands.<verb>` and exposes `add_arguments(parser)` and `run(args) -> int`.
-This module only dispatches; a mistyped verb is answered with the closest one.
+Each verb lives in `eomt.commands.<verb>` and exposes `add_arguments(parser)` and `run(args) -> int`;
+its help is the module's docstring (the first paragraph in `eomt --help`, all of it in
+`eomt VERB --help`). This module only dispatches: a mistyped verb or option is answered with the
+closest one, every option's default is shown in `--help`, and an error of the project's family
+(`eomt.errors.EomtError`: a bad config, checkpoint, dataset, image or option) is one line on
+stderr with exit status 1. Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,48 +16,103 @@ import importlib
 import logging
 import sys
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
-VERBS: dict[str, str] = {
-    "predict": "segment images, folders or globs and write results and overlay pictures",
-    "train": "train a model from a config (YAML or preset) with key=value overrides",
-    "eval": "evaluate a checkpoint on a dataset (PQ, mIoU, AP)",
-    "data": "dataset tools: `eomt data check ...` (validate), `eomt data synthetic ...` (write a sample dataset)",
-    "bench": "measure latency, throughput, FLOPs and memory",
-    "export": "export the network to ONNX, TorchScript or an ExportedProgram",
-    "convert": "convert a checkpoint between the official, transformers and eomt formats",
-    "demo": "train, evaluate and predict on the built-in synthetic dataset (no downloads)",
-    "configs": "list the named presets and print a config with every default",
-}
+from eomt.errors import EomtError
+
+VERBS = ("predict", "train", "eval", "data", "bench", "export", "convert", "demo", "configs")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Recorder:
+    """An argument group that records the option strings added through it in its parser."""
+
+    def __init__(self, group: Any, options: set[str]) -> None:
+        self._group, self._options = group, options
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self._group.add_argument(*args, **_with_default(kwargs))
+        self._options.update(action.option_strings)
+        return action
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that keeps its own record of the options added to it (`options`, for
+    did-you-mean hints) and appends "(default: ...)" to an option's help where the help does not
+    state its default already. Only public argparse API is used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        self.options: set[str] = set()
+        self.commands: dict[str, CommandParser] = {}
+        self._wrap_groups = False  # argparse's own groups (made in __init__) stay as they are
+        super().__init__(*args, **kwargs)
+        self._wrap_groups = True
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        action = super().add_argument(*args, **_with_default(kwargs))
+        self.options.update(action.option_strings)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        group = super().add_argument_group(*args, **kwargs)
+        return _Recorder(group, self.options) if self._wrap_groups else group
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return _Recorder(super().add_mutually_exclusive_group(**kwargs), self.options)
+
+
+def _with_default(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `add_argument` with the default appended to the help, where the
+    default is a value worth showing (not None, False or suppressed) and the help does not name it."""
+    help_text, default = kwargs.get("help"), kwargs.get("default")
+    if (help_text and help_text != argparse.SUPPRESS and "default" not in help_text
+            and default not in (None, False, argparse.SUPPRESS) and not isinstance(default, list)):
+        kwargs = {**kwargs, "help": f"{help_text} (default: %(default)s)"}
+    return kwargs
+
+
+def command_help(doc: str | None) -> str:
+    """The one-line help of a command from its module docstring's first paragraph.
+
+    A line of the form "`eomt VERB ...`: summary" gives its summary; several such lines (a verb
+    with actions, e.g. `eomt data`) are joined by "; ". Other lines are joined as prose.
+    """
+    lines = [line.strip() for line in (doc or "").strip().split("\n\n", 1)[0].splitlines()]
+    usage = [line.split("`: ", 1)[1].rstrip(".") for line in lines if line.startswith("`") and "`: " in line]
+    return "; ".join(usage) if usage else " ".join(lines).rstrip(".")
+
+
+def build_parser() -> CommandParser:
+    """The `eomt` parser, one sub-parser per available verb (recorded in `parser.commands`)."""
+    parser = CommandParser(
         prog="eomt",
         description="EoMT: the Encoder-only Mask Transformer (panoptic, instance, semantic).",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, help_text in VERBS.items():
+    for verb in VERBS:
         try:
             module = importlib.import_module(f"eomt.commands.{verb}")
         except ModuleNotFoundError as e:
             if e.name != f"eomt.commands.{verb}":
                 raise
             continue  # verb not available in this build
-        p = sub.add_parser(verb, help=help_text, description=help_text)
+        doc = module.__doc__ or module.run.__doc__
+        p = sub.add_parser(verb, help=command_help(doc), description=(doc or "").strip())
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        parser.commands[verb] = p
     return parser
 
 
-def _unrecognized(parser: argparse.ArgumentParser, verb: str | None, extra: list[str]) -> str:
+def _unrecognized(parser: CommandParser, verb: str | None, extra: list[str]) -> str:
     """One line naming the unknown arguments, with the closest option of the verb for a mistyped one."""
-    target = parser
-    if verb and parser._subparsers:  # type: ignore[union-attr]
-        target = parser._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
-    options = sorted({s for action in target._actions for s in action.option_strings if s.startswith("--")})
+    target = parser.commands.get(verb, parser) if verb else parser
+    options = sorted(s for s in target.options if s.startswith("--"))
     msgs = []
     for item in extra:
         name = item.split("=", 1)[0]
@@ -94,7 +153,7 @@ def _configure_output(verbose: bool, engine: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # type: ignore[union-attr]
+    known = set(parser.commands)
     if argv and not argv[0].startswith("-") and argv[0] not in known:
         hint = difflib.get_close_matches(argv[0], sorted(known), n=1, cutoff=0.5)
         msg = f"eomt: unknown command {argv[0]!r}"
@@ -123,9 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eomt: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, KeyError, FloatingPointError) as e:
-        # Boundary errors (and a diverged training run) carry a one-line message naming the
-        # file, field or step.
+    except EomtError as e:
+        # User errors carry a one-line message naming the file, key, option or step.
         if args.verbose:
             raise
         print(f"eomt {args.verb}: error: {e}", file=sys.stderr)

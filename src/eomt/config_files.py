@@ -18,7 +18,8 @@ import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from eomt.config import PRESET_NAMES, ConfigError
+from eomt.config.model import PRESET_NAMES
+from eomt.config.parse import ConfigError
 
 _SUFFIXES = (".yaml", ".yml")
 

@@ -36,35 +36,29 @@ def _config_path() -> Path:
     return Path(str(resources.files("eomt") / "configs" / DEMO_CONFIG))
 
 
-def evaluate_all_tasks(network: Any, dataset: Any, batch_size: int = 8) -> dict[str, float]:
-    """PQ, mIoU and AP of one panoptic network on `dataset` (image, panoptic Target) pairs."""
-    from eomt.evaluation.instance import InstanceEvaluator
-    from eomt.evaluation.panoptic import PanopticEvaluator
-    from eomt.evaluation.semantic import SemanticEvaluator
+def evaluate_all_tasks(network: Any, dataset: Any, batch_size: int = 8, progress: bool = False) -> dict[str, float]:
+    """PQ, mIoU and AP of one panoptic network on `dataset` (image, panoptic Target) pairs.
+
+    One pass of the shared evaluation loop (`eomt.evaluation.loop`) with three tasks: panoptic and
+    semantic post-processing against the whole targets, instance post-processing against their
+    thing segments. Returns the scalar metrics of all three, in percent.
+    """
+    from eomt.evaluation import EvalTask, build_evaluator, evaluate
+    from eomt.evaluation.loop import dataset_batches, num_batches, scalar_metrics, thing_targets
+    from eomt.images import to_chw
     from eomt.inference.predictor import Predictor
-    from eomt.structures import Target
-    from eomt.training.data_module import to_chw
 
     cfg = network.config
-    stuff = torch.tensor(list(cfg.stuff_classes), dtype=torch.int64)
-    pq = PanopticEvaluator(cfg.num_classes, cfg.stuff_classes, cfg.class_names)
-    miou = SemanticEvaluator(cfg.num_classes, class_names=cfg.class_names)
-    ap = InstanceEvaluator(cfg.num_classes, cfg.class_names)
-    predictors = {task: Predictor(network, task=task) for task in ("panoptic", "semantic", "instance")}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = [to_chw(img) for img, _ in items]
-        targets = [t for _, t in items]
-        pq.update(predictors["panoptic"].predict_tensors(images), targets)
-        miou.update(predictors["semantic"].predict_tensors(images), targets)
-        keep = [~torch.isin(t.labels, stuff) for t in targets]  # thing segments of each image
-        things = [Target(t.masks[k], t.labels[k], t.is_crowd[k]) for t, k in zip(targets, keep)]
-        ap.update(predictors["instance"].predict_tensors(images), things)
+    tasks = [
+        EvalTask(task, Predictor(network, task=task).predict_tensors, build_evaluator(cfg, task),
+                 thing_targets(cfg.stuff_classes) if task == "instance" else None)
+        for task in ("panoptic", "semantic", "instance")
+    ]
+    metrics = evaluate(dataset_batches(dataset, batch_size, to_chw), tasks,
+                       total=num_batches(dataset, batch_size), progress=progress)
     out: dict[str, float] = {}
-    for name, ev in (("panoptic", pq), ("semantic", miou), ("instance", ap)):
-        for key, value in ev.compute().items():
-            if isinstance(value, (int, float)):
-                out[key] = float(value)
+    for task in tasks:
+        out.update(scalar_metrics(metrics[task.name]))
     return out
 
 
@@ -126,9 +120,9 @@ def side_by_side(image: torch.Tensor, truth: Any, prediction: Any, class_names: 
 def draw_predictions(network: Any, dataset: Any, out_dir: Path, count: int = 6) -> list[Path]:
     """`scene<i>_overlay.png` for the first `count` scenes of `dataset`: input, ground truth and
     panoptic prediction side by side (`side_by_side`)."""
+    from eomt.images import to_chw
     from eomt.inference.io import write_png
     from eomt.inference.predictor import Predictor
-    from eomt.training.data_module import to_chw
 
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(network, task="panoptic")
@@ -147,19 +141,21 @@ def run_demo(overrides: list[str] | None = None, out_dir: str = "runs/demo", pro
     """Train, evaluate and predict; returns the report (also written as report.json / report.md)."""
     from eomt.training.data_module import EoMTDataModule
     from eomt.files import UNDEFINED_METRIC, write_json
-    from eomt.training.run import train, write_atomic
+    from eomt.models import unwrap_compiled
+    from eomt.files import write_atomic
+    from eomt.training.run import train
 
     cfg = demo_config(overrides, out_dir)
     out = Path(cfg.train.out_dir)
     start = time.perf_counter()
     module = train(cfg, resume="auto", progress=progress)
     train_s = time.perf_counter() - start
-    network = getattr(module.network, "_orig_mod", module.network).cpu().eval()
+    network = unwrap_compiled(module.network).cpu().eval()
     probs = network.attn_mask_probs.tolist()
     data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
     held_out = data.build(cfg.data.val_split)
     start = time.perf_counter()
-    metrics = evaluate_all_tasks(network, held_out)
+    metrics = evaluate_all_tasks(network, held_out, progress=progress)
     eval_s = time.perf_counter() - start
     pictures = draw_predictions(network, held_out, out / "predictions")
     report = {

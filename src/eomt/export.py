@@ -1,11 +1,11 @@
-"""Export the EoMT network to ONNX, TorchScript or a torch.export ExportedProgram, and run it back.
+"""Export the EoMT network to ONNX, TorchScript or a torch.export ExportedProgram.
 
 Only the network is exported, at one fixed input size and batch: the graph takes float images in
 [0, 1] of shape (B, 3, H, W) (ImageNet normalisation is inside) and returns
 (mask_logits (B, K, H/4, W/4), class_logits (B, K, C+1)). Resizing, padding, sliding windows and
 post-processing stay in Python (`eomt.inference`). The resolved `ModelConfig` travels with every
 file (ONNX metadata_props, TorchScript / .pt2 extra files), with `img_size` set to the graph's
-input size, so a predictor needs nothing else.
+input size, so a predictor needs nothing else; `eomt.inference.exported` runs the files.
 
 A model whose masked attention is still active is refused: its forward draws random numbers and
 makes intermediate predictions, which an exported graph would freeze at trace time.
@@ -26,20 +26,19 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from eomt.config import ModelConfig
+from eomt.errors import EomtError
 from eomt.files import temp_folder, write_atomic
-from eomt.models import EoMT, EoMTOutput
+from eomt.inference.exported import CONFIG_KEY, INPUT_KEY
+from eomt.models import EoMT
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "exported-program")
-CONFIG_KEY = "eomt.config"  # ONNX metadata key / extra-file name holding the ModelConfig JSON
-INPUT_KEY = "eomt.input_shape"
+GRAPH_FORMATS = ("onnx", "torchscript", "exported-program")  # the graph file formats `export_model` writes
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
 _ONNX_INLINE_LIMIT = 1.8 * 2**30  # protobuf limit is 2 GiB; larger weights go to a .data file
 
 
-class ExportError(ValueError):
+class ExportError(EomtError, ValueError):
     """The model or the request cannot be exported; the message says why and what to do."""
 
 
@@ -85,8 +84,8 @@ def export_model(
     "auto" (dynamo when onnxscript is installed). The model is left as it was (its
     attn_mask_probs are restored after a `force_unmasked` export). Returns the written path.
     """
-    if format not in FORMATS:
-        raise ExportError(f"export: unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
+    if format not in GRAPH_FORMATS:
+        raise ExportError(f"export: unknown format {format!r} (expected one of: {', '.join(GRAPH_FORMATS)})")
     size = tuple(img_size) if img_size is not None else tuple(model.config.img_size)
     p = model.config.patch_size
     if len(size) != 2 or any(s <= 0 or s % p for s in size):
@@ -207,132 +206,3 @@ def _save_to(tmp: Path, save: Callable[[Any], None]) -> None:
     """Run a saver that takes a file object on the temporary file (the savers check a path's suffix)."""
     with open(tmp, "wb") as f:
         save(f)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running exported files
-# ---------------------------------------------------------------------------------------------
-
-
-class ExportedNetwork:
-    """An exported network callable like `EoMT` on float images (B, 3, H, W) in [0, 1].
-
-    Returns an `EoMTOutput` with empty per-block lists. The graph has a fixed batch; other batch
-    sizes are run in chunks of that batch (the last chunk zero-padded). Inputs of another size are
-    an error (resize or window them first). `.config` is the exported model's `ModelConfig`.
-    """
-
-    training = False
-
-    def __init__(self, run: Callable[[Tensor], tuple[Tensor, Tensor]], config: ModelConfig,
-                 input_shape: tuple[int, ...], source: Path) -> None:
-        self._run = run
-        self.config = config
-        self.input_shape = tuple(input_shape)  # (B, 3, H, W) the graph was exported at
-        self.source = source
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.input_shape[2], self.input_shape[3]
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def eval(self) -> "ExportedNetwork":
-        return self
-
-    def to(self, device: torch.device | str = "cpu", *args: Any, **kwargs: Any) -> "ExportedNetwork":
-        """Exported graphs run on the CPU; any other device is an error."""
-        if isinstance(device, (str, torch.device)) and torch.device(device).type != "cpu":
-            raise ValueError(f"{self.source}: an exported network runs on the CPU, got device {str(device)!r}")
-        return self
-
-    def __call__(self, images: Tensor) -> EoMTOutput:
-        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.input_shape[1:]):
-            raise ValueError(
-                f"{self.source}: expected images of shape (B, {', '.join(map(str, self.input_shape[1:]))}), "
-                f"got {tuple(images.shape)}"
-            )
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        images = images.detach().to("cpu", torch.float32)
-        b, step = images.shape[0], self.input_shape[0]
-        masks, classes = [], []
-        for start in range(0, b, step):
-            chunk = images[start : start + step]
-            n = chunk.shape[0]
-            if n < step:
-                chunk = torch.cat([chunk, chunk.new_zeros(step - n, *chunk.shape[1:])])
-            m, c = self._run(chunk.contiguous())
-            masks.append(m[:n])
-            classes.append(c[:n])
-        return EoMTOutput(torch.cat(masks), torch.cat(classes), [], [])
-
-
-class OnnxNetwork(ExportedNetwork):
-    """An exported .onnx run with onnxruntime on the CPU; see `ExportedNetwork`."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such ONNX file")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError(f"{path}: running ONNX needs onnxruntime: pip install 'eomt[onnx]'") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        config, shape = _read_meta(meta, path)
-        input_name = self.session.get_inputs()[0].name
-
-        def run(x: Tensor) -> tuple[Tensor, Tensor]:
-            m, c = self.session.run(None, {input_name: x.numpy()})
-            return torch.from_numpy(m), torch.from_numpy(c)
-
-        super().__init__(run, config, shape, path)
-
-
-def _read_meta(meta: dict[str, str], path: Path) -> tuple[ModelConfig, tuple[int, ...]]:
-    if CONFIG_KEY not in meta or INPUT_KEY not in meta:
-        raise ValueError(
-            f"{path}: no {CONFIG_KEY!r} / {INPUT_KEY!r} metadata; expected a file written by `eomt export`"
-        )
-    return ModelConfig.from_dict(json.loads(meta[CONFIG_KEY])), tuple(json.loads(meta[INPUT_KEY]))
-
-
-def load_exported(path: str | Path, trust_pickle: bool = False) -> ExportedNetwork:
-    """Open a file written by `export_model` (.onnx, .ts TorchScript, .pt2 ExportedProgram).
-
-    Nothing in the file runs on load unless `trust_pickle`: a .pt2 archive is checked first
-    (`checkpoints.safety`) and a .ts file, which is code, is refused.
-    """
-    from eomt.checkpoints import safety
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such exported model file")
-    if path.suffix == ".onnx":
-        return OnnxNetwork(path)
-    meta: dict[str, Any] = {CONFIG_KEY: "", INPUT_KEY: ""}
-    if path.suffix == ".pt2":
-        if not trust_pickle:
-            safety.check_exported_program(path)
-        program = torch.export.load(str(path), extra_files=meta)
-        module = program.module()
-    elif path.suffix in (".ts", ".pt"):
-        if not trust_pickle:
-            safety.refuse_torchscript(path)
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=meta)
-    else:
-        raise ValueError(f"{path}: unknown exported format {path.suffix!r} (expected .onnx, .ts or .pt2)")
-    config, shape = _read_meta({k: v for k, v in meta.items() if v}, path)
-
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            return module(x)
-
-    return ExportedNetwork(run, config, shape, path)

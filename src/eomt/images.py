@@ -5,12 +5,21 @@ grayscale / palette / CMYK converted, alpha composited onto white (transparent p
 arbitrary colours), 16-bit samples scaled by 1/257 (the exact inverse of 8 -> 16 bit expansion).
 `orient` applies an EXIF orientation to any (H, W, ...) array, so that annotations drawn on the
 stored pixels can follow their image into the displayed frame.
+
+Also the other image encodings every stage shares: `to_chw` (HWC array -> the (3, H, W) tensor the
+model takes) and the COCO panoptic colour rule `id = R + 256 G + 256^2 B` (`id_to_rgb`, `rgb_to_id`),
+used by the dataset readers and writers and by the result writers alike.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 from PIL import Image
+
+from eomt.errors import EomtError
 
 EXIF_ORIENTATION_TAG = 0x0112
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn by 90 degrees (H and W swap)
@@ -19,7 +28,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(EomtError, ValueError):
     """An input image that cannot be read; the message names the file and the reason."""
 
 
@@ -110,3 +119,30 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8, read-only (PIL's buffer)
     # A writable array of its own, so that callers (and torch.from_numpy) may keep and change it.
     return np.array(orient(rgb, orientation), order="C", copy=True)
+
+
+def to_chw(image: Any) -> torch.Tensor:
+    """uint8 HWC numpy or CHW tensor -> uint8 (3, H, W) tensor."""
+    if isinstance(image, torch.Tensor):
+        return image if image.shape[0] == 3 else image.permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+
+
+def id_to_rgb(ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Segment ids (H, W) -> COCO panoptic colours (H, W, 3) uint8, `id = R + 256 G + 256^2 B`.
+
+    The rule of the COCO panoptic format (panopticapi's `id2rgb`); ids must lie in [0, 256^3).
+    """
+    ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    # The three low bytes of each id, read in place from little-endian int64s (no int64 copies).
+    ids = np.ascontiguousarray(ids, dtype=np.dtype("<i8"))
+    return np.ascontiguousarray(ids.view(np.uint8).reshape(*ids.shape, 8)[..., :3])
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic colours (H, W, 3) -> segment ids (H, W) int64, `id = R + 256 G + 256^2 B`.
+
+    Channels past the third (an alpha) are ignored; the inverse of `id_to_rgb`.
+    """
+    rgb = rgb[..., :3].astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]

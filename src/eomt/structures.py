@@ -1,7 +1,8 @@
-"""Plain data passed between the stages: ground-truth targets and per-task results.
+"""Plain data passed between the stages: ground-truth targets, image geometry and per-task results.
 
-Every dataset yields `(image uint8 (H, W, 3), Target)`; the post-processing returns one of the
-`*Result` types per image; the evaluators consume results and targets.
+Every dataset yields `(image uint8 (H, W, 3), Target)`; the preprocessing records where each image
+went (`ImageMeta`, `Windows`) and the post-processing reads it back; the post-processing returns one
+of the `*Result` types per image; the evaluators consume results and targets.
 """
 
 from __future__ import annotations
@@ -50,6 +51,31 @@ class Target:
             idx = masks.to(torch.uint8).argmax(0)  # (H, W) index of the first mask covering a pixel
             out = torch.where(covered, labels[idx], out)
         return out
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Where one image went on its way into the network (all sizes (H, W) in pixels).
+
+    original_size: the input image; scaled_size: after resizing (before padding or windowing);
+    input_size: the network input it was placed in (the padded canvas, or one crop).
+    """
+
+    original_size: tuple[int, int]
+    scaled_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Sliding-window bookkeeping: crop i covers [start, end) of image `image_index`'s long side.
+
+    offsets: one `(image_index, start, end)` per crop, in crop order (as transformers'
+    `patch_offsets`); images: one `ImageMeta` per input image.
+    """
+
+    offsets: list[tuple[int, int, int]]
+    images: list[ImageMeta]
 
 
 @dataclass

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from eomt.data.ade20k import ADE20KPanoptic, ADE20KSemantic
-from eomt.data.archives import DatasetError
+from eomt.data.sources import DatasetError
 
 try:
     from .fixtures import H, W, assert_same_segments, write_ade20k

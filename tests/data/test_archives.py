@@ -6,9 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eomt.data.archives import (
-    DatasetError, FolderSource, ZipSource, natural_key, resize_nearest, target_from_ids, target_from_label_map,
-)
+from eomt.data.base import resize_nearest, target_from_ids, target_from_label_map
+from eomt.data.sources import DatasetError, FolderSource, ZipSource, natural_key
 
 try:
     from .fixtures import encode, rgb, write_zip, zip_bytes

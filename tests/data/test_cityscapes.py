@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from eomt.data.archives import DatasetError
+from eomt.data.sources import DatasetError
 from eomt.data.cityscapes import CityscapesSemantic
 
 try:

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from eomt.data.archives import DatasetError
-from eomt.data.coco import COCOInstance, COCOPanoptic, decode_segmentations, panoptic_ids
+from eomt.data.sources import DatasetError
+from eomt.data.coco import COCOInstance, COCOPanoptic
+from eomt.data.coco_json import decode_segmentations
+from eomt.images import rgb_to_id as panoptic_ids
 
 try:
     from .fixtures import H, W, assert_same_segments, panoptic_png, write_coco_instance, write_coco_panoptic

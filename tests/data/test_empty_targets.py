@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from eomt.data.ade20k import ADE20KSemantic
-from eomt.data.archives import target_from_ids, target_from_label_map
+from eomt.data.base import target_from_ids, target_from_label_map
 from eomt.data.check import check_dataset
 from eomt.data.cityscapes import CityscapesSemantic
 from eomt.data.transforms import TrainTransform

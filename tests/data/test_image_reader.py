@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
-from eomt.data.archives import DatasetError, FolderSource
+from eomt.data.sources import DatasetError, FolderSource
 from eomt.data.check import check_dataset
 from eomt.data.user import CocoInstanceJson, CocoPanopticJson, SemanticFolder
 from eomt.images import orient

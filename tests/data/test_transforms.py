@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eomt.data import transforms as T
+from eomt.data import colour as T
 from eomt.data.transforms import TrainTransform, generator_for
 from eomt.structures import Target
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eomt.config import ConfigError
-from eomt.data.archives import DatasetError
+from eomt.data.sources import DatasetError
 from eomt.data.registry import build_dataset
 from eomt.data.user import CocoInstanceJson, CocoPanopticJson, SemanticFolder
 

@@ -9,17 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from eomt.inference import postprocess
+from eomt.inference import postprocess, restore
+from eomt.inference.postprocess import instance_rule, panoptic_rule
 from eomt.inference.io import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_image
 from eomt.inference.predictor import Predictor
-from eomt.inference.preprocess import ImageMeta, Windows, scaled_size_longest, scaled_size_shortest
+from eomt.inference.preprocess import scaled_size_longest, scaled_size_shortest
+from eomt.structures import ImageMeta, Windows
 
 
 @pytest.fixture
 def chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every image counts as large; the segment merging goes in several blocks."""
-    monkeypatch.setattr(postprocess, "_DIRECT_BYTES", 0)
-    monkeypatch.setattr(postprocess, "_MERGE_BLOCK", 1000)
+    monkeypatch.setattr(restore, "_DIRECT_BYTES", 0)
+    monkeypatch.setattr(panoptic_rule, "_MERGE_BLOCK", 1000)
 
 
 def _outputs(seed: int, q: int = 10, classes: int = 6, n: int = 1, smooth: bool = True) -> tuple:
@@ -39,8 +41,8 @@ def test_chunked_panoptic_equals_direct(chunked: None, monkeypatch: pytest.Monke
     low, cls = _outputs(0, smooth=smooth)
     meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
     got = postprocess.panoptic(low, cls, [meta], stuff_classes=(0, 1), threshold=0.0, overlap_threshold=0.3)[0]
-    monkeypatch.setattr(postprocess, "_DIRECT_BYTES", 1 << 40)
-    monkeypatch.setattr(postprocess, "_MERGE_BLOCK", 1 << 20)
+    monkeypatch.setattr(restore, "_DIRECT_BYTES", 1 << 40)
+    monkeypatch.setattr(panoptic_rule, "_MERGE_BLOCK", 1 << 20)
     want = postprocess.panoptic(low, cls, [meta], stuff_classes=(0, 1), threshold=0.0, overlap_threshold=0.3)[0]
     assert len(want.segments) >= 2
     assert torch.equal(got.segmentation, want.segmentation)
@@ -53,7 +55,7 @@ def test_chunked_instance_equals_direct(chunked: None, monkeypatch: pytest.Monke
     for top_k in (10, 25):  # the queries in order, and queries with several classes
         got = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
         with monkeypatch.context() as m:
-            m.setattr(postprocess, "_DIRECT_BYTES", 1 << 40)
+            m.setattr(restore, "_DIRECT_BYTES", 1 << 40)
             want = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
         assert torch.equal(got.masks, want.masks) and torch.equal(got.labels, want.labels)
         torch.testing.assert_close(got.scores, want.scores, rtol=1e-6, atol=1e-7)
@@ -73,8 +75,8 @@ def test_chunked_semantic_equals_direct(chunked: None, monkeypatch: pytest.Monke
 def test_restoring_queries_one_by_one_gives_the_same_values() -> None:
     low = torch.randn(7, 32, 32)
     meta = ImageMeta((150, 230), scaled_size_longest(150, 230, 128), (128, 128))
-    whole = postprocess.restore_logits(low, meta, channels_last=False)
-    parts = torch.stack([x.view(150, 230) for _, x in postprocess._restored_one_by_one(low, meta)])
+    whole = restore.restore_logits(low, meta, channels_last=False)
+    parts = torch.stack([x.view(150, 230) for _, x in restore.restored_one_by_one(low, meta)])
     assert torch.equal(whole, parts)
 
 
@@ -176,7 +178,7 @@ def test_gathering_rows_in_place_equals_indexing() -> None:
         src = torch.randint(0, used, (int(torch.randint(0, rows + 1, (1,), generator=g)),), generator=g)
         buf = torch.randn(rows, 3, generator=g)
         want = buf[src].clone()
-        assert torch.equal(postprocess._gather_rows_in_place(buf, src), want)
+        assert torch.equal(instance_rule._gather_rows_in_place(buf, src), want)
 
 
 def test_eomt_predict_skips_a_bomb_by_name_and_takes_the_limit_option(tmp_path, capsys) -> None:
@@ -235,7 +237,7 @@ def test_rle_instance_masks_equal_the_dense_ones(monkeypatch: pytest.MonkeyPatch
     assert torch.equal(got.masks.to_dense(), want.masks) and torch.equal(got.labels, want.labels)
     torch.testing.assert_close(got.scores, want.scores, rtol=1e-6, atol=1e-7)
     assert isinstance(postprocess.instance(low, cls, [meta], top_k=top_k)[0].masks, torch.Tensor)
-    monkeypatch.setattr(postprocess, "DENSE_MASK_BYTES", top_k * 150 * 230 - 1)  # auto: just too large
+    monkeypatch.setattr(instance_rule, "DENSE_MASK_BYTES", top_k * 150 * 230 - 1)  # auto: just too large
     auto = postprocess.instance(low, cls, [meta], top_k=top_k)[0]
     assert isinstance(auto.masks, RLEMasks) and auto.masks.rles == got.masks.rles
     with pytest.raises(ValueError, match="mask_format: unknown value 'png'"):

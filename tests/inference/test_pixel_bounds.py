@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from eomt.inference import postprocess
+from eomt.inference import postprocess, restore
+from eomt.inference.postprocess import panoptic_rule
 from eomt.inference.pixel_bounds import plan_assignment
-from eomt.inference.preprocess import ImageMeta, scaled_size_longest
+from eomt.inference.preprocess import scaled_size_longest
+from eomt.structures import ImageMeta
 
 
 def voronoi_logits(q: int, hw: int, seed: int, sharpness: float = 8.0) -> torch.Tensor:
@@ -21,7 +23,7 @@ def voronoi_logits(q: int, hw: int, seed: int, sharpness: float = 8.0) -> torch.
 
 
 def direct(low: torch.Tensor, meta: ImageMeta, scores: torch.Tensor, t: float) -> tuple:
-    return postprocess._assign_pixels(postprocess.restore_logits(low, meta), scores, t, from_logits=True)
+    return panoptic_rule._assign_pixels(restore.restore_logits(low, meta), scores, t, from_logits=True)
 
 
 SIZES = [(96, 128), (128, 96), (128, 128), (60, 80), (200, 266), (9, 200), (40, 36)]
@@ -36,7 +38,7 @@ def test_plan_equals_direct_assignment(original: tuple[int, int], sharpness: flo
     meta = ImageMeta(original, scaled_size_longest(*original, s), (s, s))
     plan = plan_assignment(low, meta, scores, threshold)
     assert plan is not None  # smooth masks leave little open
-    got = plan.resolve(postprocess.restore_logits(low, meta, reuse_buffers=True))
+    got = plan.resolve(restore.restore_logits(low, meta, restore.Workspace()))
     for a, b, name in zip(direct(low, meta, scores, threshold), got, ("winner", "inside", "mask area")):
         assert torch.equal(a, b), name
     assert plan.contested[0].numel() > 0 and plan.crossing[0].numel() > 0  # the exact part was exercised
@@ -68,7 +70,7 @@ def test_panoptic_uses_the_plan_and_matches_the_direct_segments() -> None:
     scores, labels = probs.max(-1)
     is_stuff = torch.zeros(c + 1, dtype=torch.bool)
     is_stuff[[3, 4]] = True
-    ref = postprocess._panoptic_one(postprocess.restore_logits(low[0], meta), scores, labels, is_stuff, 0.5, 0.8,
+    ref = panoptic_rule._panoptic_one(restore.restore_logits(low[0], meta), scores, labels, is_stuff, 0.5, 0.8,
                                     from_logits=True)
     assert torch.equal(ours.segmentation, ref.segmentation)
     assert ours.segments == ref.segments

@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from eomt.inference import postprocess
-from eomt.inference.postprocess import _count_true, _panoptic_one
-from eomt.inference.preprocess import ImageMeta, Windows, scaled_size_longest, scaled_size_shortest
+from eomt.inference.postprocess import instance_rule
+from eomt.inference.postprocess.blocks import count_true as _count_true
+from eomt.inference.postprocess.panoptic_rule import _panoptic_one
+from eomt.inference.preprocess import scaled_size_longest, scaled_size_shortest
+from eomt.structures import ImageMeta, Windows
 
 transformers = pytest.importorskip("transformers")
 from transformers import EomtImageProcessorPil  # noqa: E402
@@ -217,27 +220,11 @@ def test_count_true_equals_a_plain_column_sum(rows: int) -> None:
     assert torch.equal(_count_true(mask), mask.sum(0))
 
 
-@pytest.mark.parametrize("original", [(48, 64), (30, 64), (100, 37)])
-def test_restore_logits_into_reused_buffers_equals_fresh_tensors(original: tuple[int, int]) -> None:
-    # (48, 64): crop only; (30, 64) and (100, 37): crop and a second resize to the original size.
-    logits = torch.randn(7, 16, 16)
-    meta = ImageMeta(original, scaled_size_longest(*original, (64, 64)), (64, 64))
-    fresh = postprocess.restore_logits(logits, meta)
-    reused = postprocess.restore_logits(logits, meta, reuse_buffers=True)
-    assert reused.shape == fresh.shape == (7, *original)
-    assert torch.equal(reused, fresh)
-    again = postprocess.restore_logits(logits * 2, meta, reuse_buffers=True)
-    assert torch.equal(again, fresh * 2)  # the buffer is rewritten on the next call
-    postprocess.release_buffers()
-    assert torch.equal(again, fresh * 2)  # a released buffer lives on in the tensors that use it
-    assert torch.equal(postprocess.restore_logits(logits, meta, reuse_buffers=True), fresh)
-
-
 @pytest.mark.parametrize("block", [64, 100, 4096])
 def test_masks_and_scores_in_blocks_equal_the_direct_formula(block: int) -> None:
     logits = torch.randn(37, 19, 5).permute(2, 0, 1)  # (5, 37, 19), queries innermost in memory
     logits[2] = -1.0  # an empty mask scores 0
-    masks, scores = postprocess._masks_and_scores(logits, block=block)
+    masks, scores = instance_rule._masks_and_scores(logits, block=block)
     want = logits > 0
     assert masks.is_contiguous() and torch.equal(masks, want)
     ref = (logits.sigmoid() * want).flatten(1).sum(1) / (want.flatten(1).sum(1) + 1e-6)

@@ -3,7 +3,7 @@ import torch
 
 from eomt.config import ConfigError, ModelConfig, preset, tiny_config
 from eomt.models import EoMT
-from eomt.models.vit import resize_pos_embed
+from eomt.models.backbones.dinov2 import resize_pos_embed
 
 
 def test_output_shapes_and_plain_inference() -> None:

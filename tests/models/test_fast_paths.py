@@ -8,7 +8,8 @@ import torch
 from eomt.config import tiny_config
 from eomt.models import EoMT
 from eomt.models import eomt as eomt_module
-from eomt.models.kernels import fused_kernels_enabled, set_fused_kernels
+from eomt.models.fast import upscale as fast_upscale
+from eomt.models.fast.linear import fused_kernels_enabled, set_fused_kernels
 
 needs_fused = pytest.mark.skipif(not fused_kernels_enabled(), reason="no oneDNN bf16 kernels on this CPU")
 
@@ -42,7 +43,7 @@ def test_banded_upscale_equals_the_full_block(band_bytes: int, size: tuple[int, 
     embed_t = torch.randn(2, 16, 5)
     with torch.no_grad():
         want = (block(x).flatten(1, 2) @ embed_t).unflatten(1, (2 * size[0], 2 * size[1]))
-        got = eomt_module._banded_mask_logits(block, x, embed_t, band_bytes=band_bytes)
+        got = fast_upscale._banded_mask_logits(block, x, embed_t, band_bytes=band_bytes)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

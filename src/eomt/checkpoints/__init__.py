@@ -1,5 +1,7 @@
 """Checkpoints: load any EoMT checkpoint, save our own format, convert to transformers / official.
 
+- `load_pretrained(source, ...)`: `load_model`, or a preset name -> random weights (what
+  `EoMT.from_pretrained`, registered here, calls).
 - `load_model(source, ...)`: our safetensors file, our Lightning `.ckpt`, an official release
   (`pytorch_model.bin` / `.ckpt`), a transformers folder, or a hub id -> `EoMT`.
 - `save_model(model, path, extra)`: one safetensors file carrying the full `ModelConfig`.
@@ -22,7 +24,10 @@ from eomt.checkpoints.io import CheckpointError, save_torch
 from eomt.checkpoints.loader import load_model
 from eomt.checkpoints.native import read_metadata, save_model
 from eomt.checkpoints.official import to_official_state_dict
-from eomt.models.eomt import EoMT
+from eomt.checkpoints.pretrained import load_pretrained
+from eomt.models.eomt import EoMT, register_pretrained_loader
+
+register_pretrained_loader(load_pretrained)  # EoMT.from_pretrained: the dependency points here
 
 
 def save_official(model: EoMT, path: str | Path) -> Path:
@@ -44,6 +49,7 @@ __all__ = [
     "init_from",
     "load_dinov2_backbone",
     "load_model",
+    "load_pretrained",
     "read_metadata",
     "resample_patch_embed",
     "save_model",

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eomt.checkpoints.fit import square_grid
-from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict, read_tensor_file, read_weights_in_folder
+from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict
+from eomt.checkpoints.source import read_weights
 from eomt.models.eomt import EoMT
-from eomt.models.vit import resize_pos_embed
+from eomt.models.backbones.dinov2 import resize_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,11 @@ def unwrap(obj: Any) -> Any:
 def fit_dinov2(model: EoMT, source_sd: Mapping[str, Tensor], name: str) -> BackboneReport:
     """Copy DINOv2 weights (timm or torch-hub names) into `model.backbone`; log nothing.
 
-    Raises `CheckpointError` (naming `name`) for another width or depth (the shapes / block
-    counts), or when under `MIN_MATCHED` of the backbone's tensors are found.
+    Raises `CheckpointError` (naming `name`) for another backbone family, another width or depth
+    (the shapes / block counts), or when under `MIN_MATCHED` of the backbone's tensors are found.
     """
+    if model.config.backbone != "dinov2":
+        raise CheckpointError(f"{name}: DINOv2 weights for a {model.config.backbone!r} backbone (model.backbone)")
     sd = _strip_prefix(dict(source_sd))
     hub_layout = "register_tokens" in sd or "mask_token" in sd or any(".mlp.w12." in k for k in sd)
     pos = sd.get("pos_embed")
@@ -153,14 +156,8 @@ def _depth(sd: StateDict) -> int:
 def _read(source: str | Path | Mapping[str, Tensor], trust_pickle: bool) -> tuple[str, StateDict]:
     if isinstance(source, Mapping):
         return "DINOv2 state dict", dict(source)
-    from eomt.checkpoints.hub import resolve
-
-    path = resolve(source)  # a local path, else a hub id when nothing local could be meant
-    if path.is_dir():
-        sd, file = read_weights_in_folder(path, trust_pickle)
-        return str(file), sd
-    obj, _ = read_tensor_file(path, trust_pickle)
-    return str(path), as_state_dict(unwrap(obj), path)
+    obj, _, file = read_weights(source, trust_pickle)
+    return str(file), as_state_dict(unwrap(obj), file)
 
 
 def _strip_prefix(sd: StateDict) -> StateDict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from eomt.checkpoints.io import CheckpointError, StateDict
 from eomt.models.eomt import EoMT
-from eomt.models.vit import resize_pos_embed
+from eomt.models.backbones.dinov2 import resize_pos_embed
 
 log = logging.getLogger(__name__)
 

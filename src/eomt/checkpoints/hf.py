@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from eomt.checkpoints.infer import with_label_space
-from eomt.checkpoints.io import CheckpointError, StateDict, save_safetensors, write_atomic
+from eomt.checkpoints.io import CheckpointError, StateDict, save_safetensors
 from eomt.config import ConfigError, ModelConfig
-from eomt.files import json_text
+from eomt.files import json_text, write_atomic
 from eomt.models.eomt import EoMT
 
 log = logging.getLogger(__name__)

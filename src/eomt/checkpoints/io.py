@@ -1,4 +1,6 @@
-"""Reading and writing tensor files: torch zip archives, safetensors, sharded indexes; atomic writes.
+"""Reading and writing tensor files: torch zip archives, safetensors, sharded indexes.
+
+Files are written atomically with the project's one writer, `eomt.files.write_atomic`.
 
 Everything that touches bytes on disk lives here, so that every unreadable input fails with one
 `CheckpointError` line naming the file.
@@ -12,12 +14,13 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from eomt import files
+from eomt.errors import EomtError
 
 StateDict = dict[str, Tensor]
 
@@ -30,7 +33,7 @@ WEIGHT_FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EomtError, ValueError):
     """A checkpoint that cannot be read or does not fit; the message names the file and the misfit."""
 
 
@@ -125,15 +128,6 @@ def find_weight_file(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: no weight file found (expected one of: {', '.join(WEIGHT_FILES)})")
 
 
-def read_weights_in_folder(folder: Path, trust_pickle: bool = False) -> tuple[StateDict, Path]:
-    """The state dict stored in a saved folder (single file or sharded index) and the file read."""
-    path = find_weight_file(folder)
-    if path.name.endswith(".index.json"):
-        return read_sharded(path, trust_pickle), path
-    obj, _ = read_tensor_file(path, trust_pickle)
-    return as_state_dict(obj, path), path
-
-
 def read_sharded(index: Path, trust_pickle: bool = False) -> StateDict:
     """All shards listed in a transformers `*.index.json` weight map, merged."""
     try:
@@ -161,11 +155,6 @@ def as_state_dict(obj: Any, path: Path) -> StateDict:
     return dict(obj)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` and move the result to `path` atomically (`eomt.files`); returns `path`."""
-    return files.write_atomic(path, write)
-
-
 def save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> Path:
     """Write contiguous CPU copies of `tensors` to `path` atomically, the header's metadata in
     sorted order (the writer's own order varies from run to run), so equal inputs give equal bytes."""
@@ -177,7 +166,7 @@ def save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -
         save_file(data, str(tmp), metadata=metadata)
         _sort_header(tmp)
 
-    return write_atomic(path, write)
+    return files.write_atomic(path, write)
 
 
 def _sort_header(path: Path) -> None:
@@ -199,4 +188,4 @@ def _sort_header(path: Path) -> None:
 
 def save_torch(obj: Any, path: Path) -> Path:
     """`torch.save` to `path` atomically."""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    return files.write_atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -24,17 +24,10 @@ import torch
 
 from eomt.checkpoints import dinov2, hf, official
 from eomt.checkpoints.fit import load_into, token_grid
-from eomt.checkpoints.hub import resolve
 from eomt.checkpoints.infer import infer_config, preset_from_repo, with_label_space
-from eomt.checkpoints.io import (
-    CheckpointError,
-    StateDict,
-    as_state_dict,
-    find_weight_file,
-    read_sharded,
-    read_tensor_file,
-)
+from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict
 from eomt.checkpoints.native import config_from_lightning, config_from_metadata, is_native
+from eomt.checkpoints.source import read_weights
 from eomt.config import ModelConfig
 from eomt.config import preset as get_preset
 from eomt.models.eomt import EoMT
@@ -149,17 +142,11 @@ def read_source(source: str | Path, trust_pickle: bool = False) -> Source:
     Any EoMT layout is converted to ours; DINOv2 backbone weights come back as `family="dinov2"`.
     Raises `CheckpointError` naming the file for anything unreadable or of no known layout.
     """
-    path = resolve(source)  # a local path, else a hub id when nothing local could be meant
-    if path.is_dir():
-        file = find_weight_file(path)
-        if not file.name.endswith(".index.json"):
-            return read_source(file, trust_pickle)  # single file: same rules as when named directly
-        return _classify(read_sharded(file, trust_pickle), str(file), folder=path, ckpt=None)
-    obj, meta = read_tensor_file(path, trust_pickle)
+    obj, meta, file = read_weights(source, trust_pickle)  # a folder's weight file, a hub snapshot's
     if is_native(meta):
-        cfg, _ = config_from_metadata(meta, str(path))
-        return Source(str(path), "eomt checkpoint", obj, cfg)
-    return _classify(as_state_dict(dinov2.unwrap(obj), path), str(path), folder=path.parent, ckpt=obj)
+        cfg, _ = config_from_metadata(meta, str(file))
+        return Source(str(file), "eomt checkpoint", obj, cfg)
+    return _classify(as_state_dict(dinov2.unwrap(obj), file), str(file), folder=file.parent, ckpt=obj)
 
 
 def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> Source:

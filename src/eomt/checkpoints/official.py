@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from eomt.checkpoints.io import CheckpointError, StateDict, write_atomic
+from eomt.checkpoints.io import CheckpointError, StateDict
 from eomt.config import ModelConfig
-from eomt.files import json_text
+from eomt.files import json_text, write_atomic
 from eomt.models.eomt import EoMT, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)

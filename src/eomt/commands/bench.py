@@ -12,24 +12,15 @@ on the CPU) are listed as skipped, with the reason. Prints a table; --json write
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger(__name__)
-
-# name -> (weights dtype, autocast dtype or None)
-PRECISIONS = {
-    "fp32": ("float32", None),
-    "bf16": ("bfloat16", None),  # weights and activations in bf16 (what Predictor uses)
-    "bf16-autocast": ("float32", "bfloat16"),
-    "fp16": ("float16", None),
-    "fp16-autocast": ("float32", "float16"),
-}
-MODES = ("eager", "compile", "max-autotune", "cudagraphs")
-
+from eomt.benchmark.forward import MODES, PRECISIONS
 from eomt.commands import add_trust_pickle
+from eomt.errors import OptionError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +52,7 @@ def _split(text: str, what: str, choices: tuple[str, ...] | None = None) -> list
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if choices is not None and t not in choices]
     if not items or bad:
-        raise ValueError(f"--{what}: unknown {bad or text!r} (expected some of: {', '.join(choices or ())})")
+        raise OptionError(f"--{what}: unknown {bad or text!r} (expected some of: {', '.join(choices or ())})")
     return items
 
 
@@ -84,62 +75,18 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
     return [(name, lambda name=name: build(name)) for name in names]
 
 
-def _skip_reason(precision: str, mode: str, device: Any) -> str | None:
-    if "fp16" in precision and device.type != "cuda":
-        return "fp16 needs CUDA"
-    if mode == "cudagraphs" and device.type != "cuda":
-        return "CUDA graphs need CUDA"
-    return None
-
-
-def _forward_fn(model: Any, x: Any, precision: str, mode: str) -> Callable[[], Any]:
-    """A no-argument callable running one inference forward in the given precision and mode."""
-    import contextlib
-
-    import torch
-
-    weights, autocast = (getattr(torch, d) if d else None for d in PRECISIONS[precision])
-    net = model if weights == torch.float32 else copy.deepcopy(model).to(weights)
-    x = x.to(weights)
-    ctx = (lambda: torch.autocast(x.device.type, dtype=autocast)) if autocast else contextlib.nullcontext
-    if mode in ("compile", "max-autotune"):
-        net = torch.compile(net, fullgraph=True, mode="max-autotune" if mode == "max-autotune" else None)
-
-    def forward() -> Any:
-        with torch.inference_mode(), ctx():
-            return net(x)
-
-    if mode != "cudagraphs":
-        return forward
-    # Static input and output buffers; the graph replays every kernel launch of one forward.
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            forward()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), ctx(), torch.cuda.graph(graph):
-        out = net(x)
-
-    def replay() -> Any:
-        graph.replay()
-        return out
-
-    return replay
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from eomt.benchmark import PeakMemory, count_flops, environment_info, meta_model, time_fn
+    from eomt.benchmark import (PeakMemory, count_flops, environment_info, inference_forward, meta_model,
+                                skip_reason, time_fn)
     from eomt.inference.predictor import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in _split(args.batch, "batch")]
     if min(batches) < 1 or args.iters < 1:
-        raise ValueError(f"--batch and --iters must be >= 1, got {args.batch} and {args.iters}")
+        raise OptionError(f"--batch and --iters must be >= 1, got {args.batch} and {args.iters}")
     precisions = _split(args.precision, "precision", tuple(PRECISIONS))
     modes = _split("compile" if args.compile else args.mode, "mode", MODES)
     device = resolve_device(args.device)
@@ -160,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
                     row: dict[str, Any] = {"model": cfg.name or name, "input": [batch, 3, *size],
                                            "precision": precision, "mode": mode, "gmacs_per_image": gmacs}
                     rows.append(row)
-                    reason = _skip_reason(precision, mode, device)
+                    reason = skip_reason(precision, mode, device)
                     if reason:
                         row["skipped"] = reason
                         continue
-                    forward = _forward_fn(model, x, precision, mode)
+                    forward = inference_forward(model, x, precision, mode)
                     with PeakMemory(device) as memory:
                         forward()  # first call: compilation, allocator warm-up
                     stats = time_fn(forward, warmup=args.warmup, iters=args.iters, device=device)

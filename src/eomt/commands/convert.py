@@ -12,6 +12,7 @@ FORMATS = {
 }
 
 from eomt.commands import add_trust_pickle
+from eomt.errors import OptionError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     img_size = None
     if args.img_size:
         if len(args.img_size) > 2:
-            raise ValueError(f"--img-size: expected N or H W, got {len(args.img_size)} numbers")
+            raise OptionError(f"--img-size: expected N or H W, got {len(args.img_size)} numbers")
         img_size = (args.img_size[0], args.img_size[-1])
     model = load_model(args.source, preset=args.preset, img_size=img_size, trust_pickle=args.trust_pickle)
     out: Path = args.out

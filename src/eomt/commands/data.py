@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import Any, Iterator
 
+from eomt.errors import OptionError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
@@ -73,7 +75,7 @@ def _datasets(args: argparse.Namespace) -> Iterator[tuple[str, Any, str]]:
     """(split, dataset or spec, label-space line) for every split to check: with a config, its train
     and val splits (or --split) built as training builds them, and the label space the run will use."""
     from eomt.config import ConfigError
-    from eomt.data.archives import DatasetError
+    from eomt.data.sources import DatasetError
 
     cfg, spec = _spec(args)
     if cfg is None:
@@ -138,16 +140,16 @@ def _spec(args: argparse.Namespace) -> tuple[Any, dict]:
     """(the experiment config, {}) for a config source; (None, a dataset spec) for a format name."""
     import difflib
 
-    from eomt.config import ConfigError, _parse_value, load_experiment
+    from eomt.config import ConfigError, load_experiment, parse_value
     from eomt.config_files import find_config, suggestions
-    from eomt.data.registry import FORMATS, _resolve_name
+    from eomt.data.registry import DATASET_FORMATS, _resolve_name
 
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = _parse_value(value)
+            raise OptionError(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = parse_value(value)
     # A file, a bundled config or a preset is a config (resolved as `eomt train` resolves it); a
     # format name is a format; anything else is answered with the closest names of both kinds.
     if find_config(args.source) is not None:
@@ -163,13 +165,13 @@ def _spec(args: argparse.Namespace) -> tuple[Any, dict]:
     try:
         _resolve_name(args.source, args.task)
     except ConfigError:
-        forms = {f: f for f in FORMATS}
+        forms = {f: f for f in DATASET_FORMATS}
         forms.update({s: s for s in suggestions(args.source, n=5)})
         close = difflib.get_close_matches(args.source.lower(), list(forms), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
             f"{args.source}: not a config file, bundled config, preset or dataset format{hint} "
-            f"(`eomt configs` lists the configs; formats: {', '.join(FORMATS)})"
+            f"(`eomt configs` lists the configs; formats: {', '.join(DATASET_FORMATS)})"
         ) from None
     return None, {"format": args.source, "root": args.root or ".", "split": args.split or "train",
                   **({"task": args.task} if args.task else {}), **options}

@@ -20,14 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="write the metrics as JSON here; the logs go to eval/ beside it "
                         "(default: CHECKPOINT_DIR/eval/)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_trust_pickle(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate (validation's per-batch step, `eomt.evaluation.evaluate_batch`, on every process),
+    print the metrics and write them as JSON with --out."""
     from eomt.commands.train import format_metrics
     from eomt.config import load_experiment
-    from eomt.training.run import eval_log_dir, evaluate
+    from eomt.training.evaluate import eval_log_dir, evaluate
 
     cfg = load_experiment(args.config, args.overrides)
     metrics, is_main = evaluate(cfg, args.checkpoint, progress=not args.no_progress,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from eomt.export import FORMATS
+from eomt.export import GRAPH_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ from eomt.commands import add_trust_pickle
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="SOURCE",
                    help="checkpoint file, transformers folder, hub id or preset name (random weights)")
-    p.add_argument("--format", default="onnx", choices=FORMATS, help="output format (default: onnx)")
+    p.add_argument("--format", default="onnx", choices=GRAPH_FORMATS, help="output format (default: onnx)")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="output file; the suffix (.onnx, .ts, .pt2) is added when missing")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -32,10 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eomt.export import export_model
-    from eomt.models import EoMT
+    from eomt.checkpoints import load_pretrained
 
-    # A preset name gives random weights, said in one line (`EoMT.from_pretrained`).
-    model = EoMT.from_pretrained(args.model, trust_pickle=args.trust_pickle)
+    # A preset name gives random weights, said in one line (`load_pretrained`).
+    model = load_pretrained(args.model, trust_pickle=args.trust_pickle)
     path = export_model(
         model,
         args.out,

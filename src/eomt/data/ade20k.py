@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from eomt import classes
-from eomt.data.archives import (
-    DatasetError, SegmentationDataset, Transform, ZipSource, annotation_orientation, join, present_values,
-    target_from_ids, target_from_label_map,
+from eomt.data.base import (
+    SegmentationDataset, Transform, annotation_orientation, present_values, target_from_ids, target_from_label_map,
 )
-from eomt.data.user import UNLABELLED, SemanticPngDataset
+from eomt.data.semantic_png import UNLABELLED, SemanticPngDataset
+from eomt.data.sources import DatasetError, ZipSource, join
 from eomt.images import orient
 from eomt.structures import Target
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from eomt.config import ConfigError
-from eomt.data.archives import DatasetError, ItemCheck
+from eomt.data.base import ItemCheck
+from eomt.data.sources import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from eomt import classes
-from eomt.data.archives import DatasetError, Transform, ZipSource, join
-from eomt.data.user import UNLABELLED, SemanticPngDataset
+from eomt.data.base import Transform
+from eomt.data.semantic_png import UNLABELLED, SemanticPngDataset
+from eomt.data.sources import DatasetError, ZipSource, join
 from eomt.structures import IGNORE_INDEX
 
 SPLITS = ("train", "val", "test")

@@ -33,6 +33,8 @@ from pycocotools import mask as mask_utils
 
 from eomt.classes import SYNTHETIC_NAMES, SYNTHETIC_THING_NAMES
 from eomt.data.synthetic import SyntheticScenes
+from eomt.errors import NotAFolderError, OptionError, OutputExistsError
+from eomt.images import id_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +105,12 @@ def export_synthetic(
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     _check_splits(splits)
     if image_format.lower() not in IMAGE_FORMATS:
-        raise ValueError(f"image_format={image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
+        raise OptionError(f"image_format={image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
     pil_format, suffix = IMAGE_FORMATS[image_format.lower()]
     if not 1 <= max_things <= _MAX_THINGS:
-        raise ValueError(f"max_things={max_things}; expected 1..{_MAX_THINGS}")
+        raise OptionError(f"max_things={max_things}; expected 1..{_MAX_THINGS}")
     if format == "semantic_folder" and category_ids is not None:
-        raise ValueError("category_ids: semantic_folder has no category ids (a label value is the line "
+        raise OptionError("category_ids: semantic_folder has no category ids (a label value is the line "
                          "of classes.txt); pass category_ids only with a COCO format")
     ids = _category_ids(category_ids)
     out = _prepare(Path(out_dir), format, splits, overwrite)
@@ -128,18 +130,18 @@ def export_synthetic(
 
 def _task_of(format: str) -> str:
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"format {format!r}: synthetic data is written as one of {', '.join(EXPORT_FORMATS)}")
+        raise OptionError(f"format {format!r}: synthetic data is written as one of {', '.join(EXPORT_FORMATS)}")
     return EXPORT_FORMATS[format][0]
 
 
 def _check_splits(splits: Mapping[str, int]) -> None:
     if not splits:
-        raise ValueError("splits: empty; expected e.g. {'train': 64, 'val': 16}")
+        raise OptionError("splits: empty; expected e.g. {'train': 64, 'val': 16}")
     for split, n in splits.items():
         if not isinstance(split, str) or not split or split in (".", "..") or any(c in split for c in "/\\{}"):
-            raise ValueError(f"splits: name {split!r}; expected a plain folder name such as 'train'")
+            raise OptionError(f"splits: name {split!r}; expected a plain folder name such as 'train'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"splits[{split!r}] = {n!r}; expected a number of images >= 1")
+            raise OptionError(f"splits[{split!r}] = {n!r}; expected a number of images >= 1")
 
 
 def _category_ids(given: Mapping[str, int] | Sequence[int] | None) -> list[int]:
@@ -151,27 +153,27 @@ def _category_ids(given: Mapping[str, int] | Sequence[int] | None) -> list[int]:
         missing = [name for name in SYNTHETIC_NAMES if name not in given]
         if unknown or missing:
             found = (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else "")
-            raise ValueError(f"category_ids: expected one id for each of {', '.join(SYNTHETIC_NAMES)}{found}")
+            raise OptionError(f"category_ids: expected one id for each of {', '.join(SYNTHETIC_NAMES)}{found}")
         ids = [given[name] for name in SYNTHETIC_NAMES]
     else:
         ids = list(given)
         if len(ids) != len(SYNTHETIC_NAMES):
-            raise ValueError(f"category_ids: {len(ids)} ids; expected {len(SYNTHETIC_NAMES)}, one for each of "
+            raise OptionError(f"category_ids: {len(ids)} ids; expected {len(SYNTHETIC_NAMES)}, one for each of "
                              f"{', '.join(SYNTHETIC_NAMES)}")
     if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1 for i in ids):
-        raise ValueError(f"category_ids: {ids}; expected positive integers")
+        raise OptionError(f"category_ids: {ids}; expected positive integers")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"category_ids: {ids}; expected distinct ids")
+        raise OptionError(f"category_ids: {ids}; expected distinct ids")
     return [int(i) for i in ids]
 
 
 def _prepare(out: Path, format: str, splits: Mapping[str, int], overwrite: bool) -> Path:
     """Create `out`; refuse a non-empty one unless `overwrite`, then clear the paths of the layout."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder; expected an empty or new folder")
+        raise NotAFolderError(f"{out}: exists and is not a folder; expected an empty or new folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out}: folder is not empty; choose an empty or new folder, "
+            raise OutputExistsError(f"{out}: folder is not empty; choose an empty or new folder, "
                                   "or pass overwrite=True (--overwrite) to replace this dataset layout in it")
         for rel in layout(format, splits):
             path = out / rel.rstrip("/")
@@ -231,7 +233,7 @@ def _write_panoptic(out: Path, split: str, scenes: SyntheticScenes, ids: list[in
             id_map[mask] = segment_id
             segments.append({"id": segment_id, "category_id": ids[label], "iscrowd": 0,
                              "area": int(mask.sum()), "bbox": _bbox(mask)})
-        rgb = np.stack([id_map % 256, id_map // 256 % 256, id_map // 256**2], -1).astype(np.uint8)  # (H, W, 3)
+        rgb = id_to_rgb(id_map)  # (H, W, 3) uint8
         _save_image(out / "annotations" / f"panoptic_{split}" / f"{name}.png", rgb, "PNG")
         images.append(_image_entry(i, f"{name}{suffix}", scenes))
         annotations.append({"image_id": i + 1, "file_name": f"{name}.png", "segments_info": segments})

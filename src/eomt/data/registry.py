@@ -23,7 +23,7 @@ from typing import Any, Callable
 from eomt.config import ConfigError
 
 # format -> (tasks it serves, "module:class", default relative paths of its file options)
-FORMATS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
+DATASET_FORMATS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
     "coco_panoptic": (("panoptic",), "eomt.data.coco:COCOPanoptic", {}),
     "coco_instance": (("instance",), "eomt.data.coco:COCOInstance", {}),
     "ade20k_semantic": (("semantic",), "eomt.data.ade20k:ADE20KSemantic", {}),
@@ -43,12 +43,12 @@ _SYNTHETIC_SIZES = {"train": 512, "val": 64, "test": 64}
 
 def _resolve_name(name: str, task: str | None) -> str:
     key = name.strip().lower().replace("-", "_")
-    if key not in FORMATS and task and f"{key}_{task}" in FORMATS:
+    if key not in DATASET_FORMATS and task and f"{key}_{task}" in DATASET_FORMATS:
         key = f"{key}_{task}"
-    if key not in FORMATS:
-        close = difflib.get_close_matches(key, list(FORMATS), n=1, cutoff=0.5)
+    if key not in DATASET_FORMATS:
+        close = difflib.get_close_matches(key, list(DATASET_FORMATS), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"dataset: unknown format {name!r}{hint} Expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"dataset: unknown format {name!r}{hint} Expected one of {', '.join(DATASET_FORMATS)}")
     return key
 
 
@@ -88,7 +88,7 @@ def build_dataset(name_or_format: str, root: str | Path = ".", split: str = "tra
     `class_names`, `stuff_classes`, `num_classes`. Unknown names and options raise ConfigError.
     """
     name = _resolve_name(name_or_format, task)
-    tasks, target, paths = FORMATS[name]
+    tasks, target, paths = DATASET_FORMATS[name]
     if task is not None and task not in tasks:
         raise ConfigError(f"dataset {name}: task {task!r} not supported; it serves {', '.join(tasks)}")
     cls = _import(target)

@@ -22,6 +22,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from eomt.errors import InputError
+from eomt.evaluation.checks import check_ids, check_pairs, check_same_shape, class_names_or_ids
 from eomt.evaluation.distributed import all_gather_objects
 from eomt.structures import InstanceResult, RLEMasks, Target
 
@@ -43,7 +45,7 @@ def encode_masks(masks: Tensor | RLEMasks) -> list[dict[str, Any]]:
 
 def _check(name: str, masks: Tensor, *per_segment: Tensor) -> None:
     if masks.dim() != 3 or any(t.numel() != masks.shape[0] for t in per_segment):
-        raise ValueError(
+        raise InputError(
             f"{name}: found masks of shape {tuple(masks.shape)} and {[t.numel() for t in per_segment]} "
             "per-segment values, expected (N, H, W) masks and N values each"
         )
@@ -79,10 +81,8 @@ class InstanceEvaluator:
     processes' images. num_classes: C; class_names: C names for the per-class AP."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names: found {len(class_names)} names, expected {num_classes}")
+        self.class_names = class_names_or_ids(class_names, num_classes)
         self.num_classes = num_classes
-        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -91,22 +91,15 @@ class InstanceEvaluator:
 
     def update(self, preds: Sequence[InstanceResult], targets: Sequence[Target]) -> None:
         """Add a batch of per-image predictions and their targets (same order, same sizes)."""
-        if len(preds) != len(targets):
-            raise ValueError(
-                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
-            )
+        check_pairs(preds, targets)
         for pred, target in zip(preds, targets):
             _check("InstanceResult", pred.masks, pred.labels, pred.scores)
             _check("Target", target.masks, target.labels, target.is_crowd)
-            if pred.masks.shape[0] and pred.masks.shape[-2:] != target.masks.shape[-2:]:
-                raise ValueError(
-                    f"InstanceResult.masks: found size {tuple(pred.masks.shape[-2:])}, expected the "
-                    f"target's {tuple(target.masks.shape[-2:])}"
-                )
+            if pred.masks.shape[0]:  # no prediction, no size to compare
+                check_same_shape("InstanceResult.masks", tuple(pred.masks.shape[-2:]),
+                                 tuple(target.masks.shape[-2:]), what="size")
             for name, labels in (("InstanceResult.labels", pred.labels), ("Target.labels", target.labels)):
-                if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                    raise ValueError(f"{name}: found ids in [{int(labels.min())}, {int(labels.max())}], "
-                                     f"expected ids in [0, {self.num_classes})")
+                check_ids(name, labels, self.num_classes, found="ids")
             height, width = target.masks.shape[-2:]
             self.records.append({
                 "height": int(height),

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eomt.errors import InputError
+from eomt.evaluation.checks import check_ids, check_pairs, check_same_shape, class_names_or_ids
 from eomt.evaluation.distributed import all_reduce_sum
 from eomt.structures import PanopticResult, Target
 
@@ -66,7 +68,7 @@ def _compact_ids(seg: Tensor) -> tuple[Tensor, Tensor]:
     Like `torch.unique(return_inverse=True)`, but through a histogram when ids are small.
     """
     if seg.numel() and int(seg.min()) < 0:
-        raise ValueError(f"PanopticResult.segmentation: found id {int(seg.min())}, expected ids >= 0")
+        raise InputError(f"PanopticResult.segmentation: found id {int(seg.min())}, expected ids >= 0")
     max_id = int(seg.max()) if seg.numel() else 0
     if max_id > 4 * seg.numel():  # sparse huge ids: a sort is cheaper than the histogram
         return torch.unique(seg, return_inverse=True)
@@ -81,13 +83,9 @@ def _target_map(target: Target, is_stuff: Tensor) -> tuple[Tensor, Tensor, Tenso
     masks, labels = target.masks.bool(), target.labels.long()
     crowd = target.is_crowd.bool()
     num_classes = is_stuff.numel()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"Target.labels: found class ids in [{int(labels.min())}, {int(labels.max())}], "
-            f"expected ids in [0, {num_classes})"
-        )
+    check_ids("Target.labels", labels, num_classes)
     if masks.shape[0] != labels.numel() or crowd.numel() != labels.numel():
-        raise ValueError(
+        raise InputError(
             f"Target: found {masks.shape[0]} masks, {labels.numel()} labels and {crowd.numel()} "
             "crowd flags, expected one of each per segment"
         )
@@ -110,19 +108,15 @@ def _pred_map(pred: PanopticResult, is_stuff: Tensor) -> tuple[Tensor, Tensor]:
     cats = torch.tensor([int(s["category_id"]) for s in pred.segments], dtype=torch.long, device=device)
     num_classes = is_stuff.numel()
     if ids.numel() and bool((ids == 0).any()):
-        raise ValueError("PanopticResult.segments: found a segment with id 0, expected ids > 0 (0 is void)")
-    if cats.numel() and (cats.min() < 0 or cats.max() >= num_classes):
-        raise ValueError(
-            f"PanopticResult.segments: found category_id in [{int(cats.min())}, {int(cats.max())}], "
-            f"expected ids in [0, {num_classes})"
-        )
+        raise InputError("PanopticResult.segments: found a segment with id 0, expected ids > 0 (0 is void)")
+    check_ids("PanopticResult.segments", cats, num_classes, found="category_id")
     uniq, inverse = _compact_ids(seg)  # ids present in the map
     sorted_ids, order = ids.sort()
     pos = torch.searchsorted(sorted_ids, uniq).clamp(max=max(ids.numel() - 1, 0))
     known = (sorted_ids[pos] == uniq) if ids.numel() else torch.zeros_like(uniq, dtype=torch.bool)
     unknown = ~known & (uniq != 0)
     if bool(unknown.any()):
-        raise ValueError(
+        raise InputError(
             f"PanopticResult.segmentation: found segment ids {uniq[unknown].tolist()} that are not in "
             "segments, expected every non-zero id to have a segments entry"
         )
@@ -143,11 +137,7 @@ def panoptic_image_stats(pred: PanopticResult, target: Target, is_stuff: Tensor)
     """
     tgt_map, tgt_labels, tgt_crowd = _target_map(target, is_stuff.to(target.labels.device))
     pred_map, pred_labels = _pred_map(pred, is_stuff.to(pred.segmentation.device))
-    if pred_map.shape != tgt_map.shape:
-        raise ValueError(
-            f"PanopticResult.segmentation: found shape {tuple(pred_map.shape)}, expected the "
-            f"target's {tuple(tgt_map.shape)}"
-        )
+    check_same_shape("PanopticResult.segmentation", tuple(pred_map.shape), tuple(tgt_map.shape))
     pred_map, pred_labels = pred_map.to(tgt_map.device), pred_labels.to(tgt_map.device)
     num_classes = is_stuff.numel()
     n_pred, n_tgt = pred_labels.numel(), tgt_labels.numel()
@@ -193,17 +183,11 @@ class PanopticEvaluator:
         class_names: Sequence[str] | None = None,
     ) -> None:
         stuff = torch.as_tensor(list(stuff_classes), dtype=torch.long)
-        if stuff.numel() and (stuff.min() < 0 or stuff.max() >= num_classes):
-            raise ValueError(
-                f"stuff_classes: found ids in [{int(stuff.min())}, {int(stuff.max())}], "
-                f"expected ids in [0, {num_classes})"
-            )
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names: found {len(class_names)} names, expected {num_classes}")
+        check_ids("stuff_classes", stuff, num_classes, found="ids")
+        self.class_names = class_names_or_ids(class_names, num_classes)
         self.num_classes = num_classes
         self.is_stuff = torch.zeros(num_classes, dtype=torch.bool)
         self.is_stuff[stuff] = True
-        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -212,10 +196,7 @@ class PanopticEvaluator:
 
     def update(self, preds: Sequence[PanopticResult], targets: Sequence[Target]) -> None:
         """Add a batch of per-image predictions and their targets (same order, same sizes)."""
-        if len(preds) != len(targets):
-            raise ValueError(
-                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
-            )
+        check_pairs(preds, targets)
         for pred, target in zip(preds, targets):
             self.stats += panoptic_image_stats(pred, target, self.is_stuff).cpu()
 

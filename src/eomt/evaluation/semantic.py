@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eomt.evaluation.checks import check_ids, check_pairs, check_same_shape, class_names_or_ids
 from eomt.evaluation.distributed import all_reduce_sum
 from eomt.structures import IGNORE_INDEX, SemanticResult, Target
 
@@ -23,19 +24,11 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
 
     pred, target: (H, W) integer maps; target pixels equal to `ignore_index` are skipped.
     """
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"semantic prediction: found shape {tuple(pred.shape)}, "
-            f"expected the target's {tuple(target.shape)}"
-        )
+    check_same_shape("semantic prediction", tuple(pred.shape), tuple(target.shape))
     valid = target != ignore_index
     pred, target = pred[valid].long(), target[valid].long()  # (V,) pixels that count
     for name, labels in (("prediction", pred), ("target", target)):
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"semantic {name}: found class ids in [{int(labels.min())}, {int(labels.max())}], "
-                f"expected ids in [0, {num_classes}) or {ignore_index} (ignore) in the target"
-            )
+        check_ids(f"semantic {name}", labels, num_classes, note=f" or {ignore_index} (ignore) in the target")
     counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)  # (C, C)
 
@@ -53,11 +46,9 @@ class SemanticEvaluator:
         ignore_index: int = IGNORE_INDEX,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names: found {len(class_names)} names, expected {num_classes}")
+        self.class_names = class_names_or_ids(class_names, num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.reset()
 
     def reset(self) -> None:
@@ -71,10 +62,7 @@ class SemanticEvaluator:
     ) -> None:
         """Add a batch: predictions as (H, W) label maps or SemanticResult; targets as (H, W)
         label maps (ignore_index for unlabelled pixels) or Target (rebuilt by `to_semantic`)."""
-        if len(preds) != len(targets):
-            raise ValueError(
-                f"update: found {len(preds)} predictions and {len(targets)} targets, expected as many"
-            )
+        check_pairs(preds, targets)
         for pred, target in zip(preds, targets):
             pred_map = pred.labels if isinstance(pred, SemanticResult) else pred
             tgt_map = target.to_semantic(self.ignore_index) if isinstance(target, Target) else target

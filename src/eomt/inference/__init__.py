@@ -1,4 +1,6 @@
-"""Inference: preprocess (resize + pad, sliding windows), postprocess, Predictor, overlays, files."""
+"""Inference: preprocess (resize + pad, sliding windows), restore (the way back to the image),
+postprocess (the panoptic / instance / semantic rules), tiling (large images), Predictor, exported
+(running .onnx / .pt2 / .ts files), writers and result_log (`eomt predict`'s files), overlays, io."""
 
 from __future__ import annotations
 

@@ -18,21 +18,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from eomt.images import id_to_rgb, rgb_to_id  # noqa: F401  (the panoptic colour rule, re-exported)
 from eomt.structures import InstanceResult, PanopticResult, RLEMasks, SemanticResult
-
-
-def id_to_rgb(ids: Tensor | np.ndarray) -> np.ndarray:
-    """Segment ids (H, W) -> COCO panoptic colours (H, W, 3) uint8, `id = R + 256 G + 256^2 B`."""
-    ids = ids.cpu().numpy() if isinstance(ids, Tensor) else np.asarray(ids)
-    # The three low bytes of each id, read in place from little-endian int64s (no int64 copies).
-    ids = np.ascontiguousarray(ids, dtype=np.dtype("<i8"))
-    return np.ascontiguousarray(ids.view(np.uint8).reshape(*ids.shape, 8)[..., :3])
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic colours (H, W, 3) -> segment ids (H, W) int64."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
 
 
 def _category(index: int, category_ids: Sequence[int] | None) -> int:

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from eomt import files
+from eomt.errors import MissingFileError
 from eomt.files import write_atomic
 from eomt.images import ImageReadError, array_to_rgb, to_rgb
 
@@ -70,7 +71,7 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     pixels (None: no limit)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
+        raise MissingFileError(f"{path}: no such image file")
     try:
         with _pillow_check_lifted():
             img = Image.open(path)  # reads the header only

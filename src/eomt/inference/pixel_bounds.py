@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eomt.inference.preprocess import ImageMeta, restore_geometry
+from eomt.inference.restore import restore_geometry
+from eomt.structures import ImageMeta
 
 _MAX_OPEN_FRACTION = 0.25  # open pairs x cell pixels, as a fraction of queries x pixels
 _RELATIVE_MARGIN = 1e-5  # on scores: covers float rounding of sigmoid and the product
@@ -159,7 +160,7 @@ def _gather(logits: Tensor, q: Tensor, y: Tensor, x: Tensor) -> Tensor:
 
 def plan_assignment(low: Tensor, meta: ImageMeta, scores: Tensor, mask_threshold: float) -> AssignmentPlan | None:
     """Decide the panoptic pixel assignment of the kept queries' low-resolution logits `low`
-    (K, h4, w4), which `postprocess.restore_logits` will restore for `meta`, per cell.
+    (K, h4, w4), which `restore.restore_logits` will restore for `meta`, per cell.
     None when too much would stay open (or the threshold is extreme)."""
     if not 0.01 <= mask_threshold <= 0.99:
         return None

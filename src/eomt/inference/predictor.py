@@ -22,10 +22,13 @@ from typing import Iterator, Sequence, Union, overload
 import torch
 from torch import Tensor
 
-from eomt.config import TASKS
+from eomt.config import TASKS, precision
+from eomt.errors import OptionError
 from eomt.inference import postprocess
+from eomt.inference.exported import EXPORTED_SUFFIXES
 from eomt.inference.io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from eomt.inference.preprocess import resize_and_pad, sliding_windows
+from eomt.inference.restore import Workspace
 from eomt.inference.tiling import predict_tiled
 from eomt.models import EoMT
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
@@ -33,7 +36,8 @@ from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 log = logging.getLogger(__name__)
 
 Result = Union[PanopticResult, InstanceResult, SemanticResult]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Predictor's dtype names -> the compute dtype, from the one precision table (eomt.config.precision).
+DTYPES = {name: precision.by_predictor(name).torch_dtype for name in precision.PREDICTOR_NAMES}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -41,24 +45,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda or cuda:N)") from None
+        raise OptionError(f"device: unknown device {device!r} (expected cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available on this machine")
+        raise OptionError(f"device: {device!r} requested but CUDA is not available on this machine")
     return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The autocast dtype of `fp32` / `bf16` / `fp16`; fp16 needs a CUDA device."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: unknown value {dtype!r} (expected one of: {', '.join(DTYPES)})")
+        raise OptionError(f"dtype: unknown value {dtype!r} (expected one of: {', '.join(DTYPES)})")
     if dtype == "fp16" and device.type != "cuda":
-        raise ValueError(
+        raise OptionError(
             f"dtype: fp16 needs a CUDA device (got device {str(device)!r}); use bf16 or fp32 on CPU"
         )
     return DTYPES[dtype]
 
 
-EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -68,17 +71,17 @@ def check_options(*, threshold: float | None, mask_threshold: float, overlap_thr
     for name, value in {"threshold": threshold, "mask_threshold": mask_threshold,
                         "overlap_threshold": overlap_threshold}.items():
         if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}: {value:g} is not a score; expected a number in [0, 1]")
+            raise OptionError(f"{name}: {value:g} is not a score; expected a number in [0, 1]")
     if top_k < 1:
-        raise ValueError(f"top_k: {top_k} must be at least 1")
+        raise OptionError(f"top_k: {top_k} must be at least 1")
     if isinstance(compile, str) and compile not in COMPILE_MODES:
-        raise ValueError(f"compile: unknown mode {compile!r} (expected True, False or one of: {', '.join(COMPILE_MODES)})")
+        raise OptionError(f"compile: unknown mode {compile!r} (expected True, False or one of: {', '.join(COMPILE_MODES)})")
 
 
 class Predictor:
     """Run an EoMT model on images of any size and post-process the outputs.
 
-    model: an `EoMT`, any source `EoMT.from_pretrained` accepts (file, folder, hub name), or a
+    model: an `EoMT`, any source `eomt.checkpoints.load_pretrained` accepts (file, folder, hub name, preset), or a
     network exported by `eomt export` (.onnx run with onnxruntime, .pt2, .ts) at a fixed input size.
     task: "panoptic" | "instance" | "semantic"; defaults to the model's own task.
     dtype: "fp32"; "bf16": weights and activations in bf16 (the model is converted; a model passed
@@ -133,11 +136,13 @@ class Predictor:
         callers = isinstance(model, EoMT)
         name = str(model) if isinstance(model, (str, Path)) else "model"
         if isinstance(model, (str, Path)) and Path(model).suffix in EXPORTED_SUFFIXES:
-            from eomt.export import load_exported
+            from eomt.inference.exported import load_exported
 
             model = load_exported(model, trust_pickle=trust_pickle)
         elif not callers and not hasattr(model, "input_shape"):
-            model = EoMT.from_pretrained(model, trust_pickle=trust_pickle)
+            from eomt.checkpoints import load_pretrained
+
+            model = load_pretrained(model, trust_pickle=trust_pickle)
         if not callers and isinstance(model, EoMT) and model.masked_attention_active:
             # As `eval` warns: an unfinished run's masks are drawn at random (0 < p < 1). A network
             # passed in (training's validation builds a Predictor per batch) is its caller's business.
@@ -154,16 +159,16 @@ class Predictor:
         self._network = self.model
         if compile:
             if not isinstance(self.model, EoMT):
-                raise ValueError("compile: only an EoMT network can be compiled, not an exported graph")
+                raise OptionError("compile: only an EoMT network can be compiled, not an exported graph")
             mode = None if compile is True or compile == "default" else str(compile)
             self._network = torch.compile(self.model, fullgraph=True, mode=mode)
         # An exported graph has a fixed input size, which may differ from the training size.
         self.input_size: tuple[int, int] = tuple(getattr(model, "img_size", self.config.img_size))  # type: ignore[assignment]
         self.task = task or self.config.task
         if self.task not in TASKS:
-            raise ValueError(f"task: unknown value {self.task!r} (expected one of: {', '.join(TASKS)})")
+            raise OptionError(f"task: unknown value {self.task!r} (expected one of: {', '.join(TASKS)})")
         if batch_size < 1:
-            raise ValueError(f"batch_size: {batch_size} must be >= 1")
+            raise OptionError(f"batch_size: {batch_size} must be >= 1")
         self.batch_size = batch_size
         default = 0.8 if self.task == "panoptic" else 0.0
         self.threshold = default if threshold is None else float(threshold)
@@ -171,16 +176,18 @@ class Predictor:
         self.overlap_threshold = overlap_threshold
         self.top_k = top_k
         if tile is not None and tile < 1:
-            raise ValueError(f"tile: {tile} must be >= 1 pixel (or None: no tiling)")
+            raise OptionError(f"tile: {tile} must be >= 1 pixel (or None: no tiling)")
         overlap = (tile // 4 if tile else 0) if tile_overlap is None else tile_overlap
         if tile is not None and not 0 <= overlap < tile:
-            raise ValueError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
+            raise OptionError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
         self.tile, self.tile_overlap = tile, overlap
         self.max_pixels = max_pixels
         if mask_format not in postprocess.MASK_FORMATS:
-            raise ValueError(f"mask_format: unknown value {mask_format!r} "
+            raise OptionError(f"mask_format: unknown value {mask_format!r} "
                              f"(expected one of: {', '.join(postprocess.MASK_FORMATS)})")
         self.mask_format = mask_format
+        # Buffers of the restored logits, reused from call to call (`eomt.inference.restore`).
+        self.workspace = Workspace()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -252,9 +259,11 @@ class Predictor:
                     threshold=self.threshold,
                     mask_threshold=self.mask_threshold,
                     overlap_threshold=self.overlap_threshold,
+                    workspace=self.workspace,
                 )
             )
         return list(
             postprocess.instance(out.mask_logits, out.class_logits, metas, self.top_k, self.threshold,
-                                 mask_format="dense" if self.tile is not None else self.mask_format)
+                                 mask_format="dense" if self.tile is not None else self.mask_format,
+                                 workspace=self.workspace)
         )

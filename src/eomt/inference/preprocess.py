@@ -14,37 +14,13 @@ resize). The resize itself is torch bilinear with antialiasing, which follows PI
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """Where one image went on its way into the network (all sizes (H, W) in pixels).
-
-    original_size: the input image; scaled_size: after resizing (before padding or windowing);
-    input_size: the network input it was placed in (the padded canvas, or one crop).
-    """
-
-    original_size: tuple[int, int]
-    scaled_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Sliding-window bookkeeping: crop i covers [start, end) of image `image_index`'s long side.
-
-    offsets: one `(image_index, start, end)` per crop, in crop order (as transformers'
-    `patch_offsets`); images: one `ImageMeta` per input image.
-    """
-
-    offsets: list[tuple[int, int, int]]
-    images: list[ImageMeta]
+from eomt.structures import ImageMeta, Windows
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -134,6 +110,12 @@ def resize_and_pad(
     return batch, metas
 
 
+def long_side_last(x: Tensor, portrait: bool) -> Tensor:
+    """A view of x (..., H, W) with the long side of a `portrait` (H > W) image last: (..., W, H);
+    x itself otherwise. Applied twice it gives x back, so one code path serves both orientations."""
+    return x.transpose(-2, -1) if portrait else x
+
+
 def sliding_windows(images: Sequence[Tensor], size: int) -> tuple[Tensor, Windows]:
     """Resize each (3, H, W) image so its shorter side is `size`, cut square crops along the long side.
 
@@ -151,34 +133,15 @@ def sliding_windows(images: Sequence[Tensor], size: int) -> tuple[Tensor, Window
         nh, nw = scaled_size_shortest(h, w, size)
         resized = resize_image(image, (nh, nw))  # (3, nh, nw), the short side is `size`
         # Crops run along the longer side; the orientation test is on the original size, as in
-        # the official stitching code.
-        vertical = h > w
-        starts = window_starts(nh if vertical else nw, size)
+        # the official stitching code. One path for both: a view with the long side last.
+        portrait = h > w
+        along = long_side_last(resized, portrait)  # (3, S, long)
+        starts = window_starts(along.shape[2], size)
         index = torch.tensor(starts, device=resized.device)[:, None] + torch.arange(
             size, device=resized.device
         )  # (n, S) pixel positions of every crop along the long side
-        if vertical:
-            c = resized[:, index, :size]  # (3, n, S, S)
-        else:
-            c = resized[:, :size, index]  # (3, S, n, S)
-            c = c.permute(0, 2, 1, 3)  # (3, n, S, S)
-        crops.append(c.permute(1, 0, 2, 3))  # (n, 3, S, S)
+        c = along[:, :size, index].permute(0, 2, 1, 3)  # (3, n, S, S), the long side last
+        crops.append(long_side_last(c, portrait).permute(1, 0, 2, 3))  # (n, 3, S, S) as in the image
         offsets.extend((i, s, s + size) for s in starts)
         metas.append(ImageMeta((h, w), (nh, nw), (size, size)))
     return torch.cat(crops), Windows(offsets, metas)
-
-
-def restore_geometry(
-    low_size: Sequence[int], meta: ImageMeta
-) -> tuple[int, int, tuple[int, int], tuple[float, float] | None]:
-    """The first upsampling of `postprocess.restore_logits` for logits of size `low_size` (h4, w4):
-    the low-resolution rows and columns it reads, its output size and its scale factors (None:
-    the factors follow from the sizes, as for the full upsampling to the input size)."""
-    h4, w4 = low_size
-    (ih, iw), (sh, sw) = meta.input_size, meta.scaled_size
-    fy, fx = ih / h4, iw / w4
-    rows = min(h4, math.ceil(sh / fy) + 1)
-    cols = min(w4, math.ceil(sw / fx) + 1)
-    if (rows, cols) == (h4, w4):
-        return rows, cols, (ih, iw), None
-    return rows, cols, (math.floor(rows * fy), math.floor(cols * fx)), (fy, fx)

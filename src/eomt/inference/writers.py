@@ -1,154 +1,204 @@
-"""Result files of `eomt predict` that survive a kill: a line per image as it is done, one COCO
-file at the end, the dataset's image ids.
+"""The result files of `eomt predict`, one writer per task: `write` an image's result, then `finish`;
+`write_predictions` runs a predictor over the inputs into a writer.
 
-- `results.jsonl`: one JSON line per finished image, appended after the image's PNGs are in place
-  (so a line means its files are complete): {"stem", "source", "file_name", "image_id", "height",
-  "width", "task", "settings", "outputs", and "segments_info" (panoptic) or "instances" (instance)}.
-  A rerun with `--skip-existing` passes over every image whose line (of the same model, task and
-  options) and files exist; a line cut short by a kill is dropped (that image is done again).
-- `merge`: the lines of this run's inputs, in input order, as `panoptic.json` (COCO panoptic:
-  "images", "annotations", "categories") or `instances.json` (COCO results: a list; the file name
-  beside each `image_id`). Image ids are taken afresh from this run's inputs, never from old lines.
-- Image ids: from the dataset's JSON (`--images-json`: its "images" matched by file_name), else
-  1..N in the sorted input order, the same for every rerun on the same inputs.
+Per image `<stem>_overlay.png`, plus per task:
+- panoptic: `<stem>_panoptic.png` (COCO panoptic colours, `formats.id_to_rgb`) and its entry in
+  `panoptic.json` (COCO panoptic);
+- instance: entries in `instances.json` (COCO results, RLE masks);
+- semantic: `<stem>_semantic.png` (class-index label map).
+Every finished image adds its line to `results.jsonl` after its files are in place
+(`eomt.inference.result_log`), so a killed run keeps its work; `finish` merges the lines of this
+run's inputs into the task's COCO document. Category ids: `category_ids` (class index -> dataset id),
+else the class index.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Iterator, Sequence, Union
+
+from torch import Tensor
 
 from eomt import files
+from eomt.errors import OptionError
+from eomt.inference import formats
+from eomt.inference.io import ImageReadError, read_image, write_json, write_png
+from eomt.inference.predictor import Predictor
+from eomt.inference.result_log import ResultLog, merge
+from eomt.inference.visualize import overlay
+from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
-log = logging.getLogger(__name__)
-
-RESULTS_NAME = "results.jsonl"
+Result = Union[PanopticResult, InstanceResult, SemanticResult]
 
 
-def check_out_folder(out: Path, inputs: Sequence[str]) -> None:
-    """Refuse an output folder that is an input folder or inside one (a rerun would read its own
-    outputs as inputs: `*_overlay_overlay.png`). For a glob, its folder part is the input folder,
-    and a folder inside it counts only for a recursive (`**`) pattern, the one that would look there."""
-    import glob
+class ResultWriter:
+    """The files of one task's results in `out`, for the inputs `sources` (paths, in input order).
 
-    target = out.resolve()
-    for item in inputs:
-        path = Path(item)
-        deep = True  # whether the input reaches into folders below `folder`
-        if path.is_dir():
-            folder = path
-        elif not path.is_file() and glob.has_magic(item):
-            parts = []
-            for part in path.parts:
-                if glob.has_magic(part):
-                    break
-                parts.append(part)
-            folder = Path(*parts) if parts else Path(".")
-            deep = "**" in item
-        else:
+    stems: the output name of each input (unique); ids: (image id, file_name) of each input;
+    settings: what makes a line reusable by a resumed run (model, task, options: JSON values);
+    resume: keep the lines of an earlier run in `out` (else `results.jsonl` starts empty). The
+    folder is created, and what the atomic writes of a killed run left in it is removed.
+    """
+
+    task = ""
+    merged_name: str | None = None  # the COCO document `finish` writes, if the task has one
+
+    def __init__(
+        self,
+        out: Path,
+        sources: Sequence[Path],
+        stems: Sequence[str],
+        ids: Sequence[tuple[int, str]],
+        settings: dict[str, Any],
+        class_names: Sequence[str],
+        *,
+        num_classes: int,
+        stuff_classes: Sequence[int] = (),
+        category_ids: Sequence[int] | None = None,
+        vis_threshold: float = 0.5,
+        resume: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.sources, self.stems, self.ids = [str(s) for s in sources], list(stems), list(ids)
+        self.settings = settings
+        self.class_names, self.num_classes = list(class_names), num_classes
+        self.stuff_classes, self.category_ids = list(stuff_classes), category_ids
+        self.vis_threshold = vis_threshold
+        self.out.mkdir(parents=True, exist_ok=True)
+        files.clean_stale_temps(self.out)
+        self.log = ResultLog(self.out, resume=resume)
+
+    def done(self, index: int) -> bool:
+        """Whether input `index` has a line of these settings and all its files (a resumed run)."""
+        return self.log.done(self.stems[index], self.sources[index], self.settings, self.out)
+
+    def write(self, index: int, image: Tensor, result: Result) -> list[Path]:
+        """The files of input `index` (image (3, H, W) uint8 as read), then its line; the paths written."""
+        stem, (image_id, file_name) = self.stems[index], self.ids[index]
+        names = [f"{stem}_overlay.png"]
+        written = [write_png(self.out / names[0], self._overlay(image, result))]
+        record: dict[str, Any] = {"stem": stem, "source": self.sources[index], "file_name": file_name,
+                                  "image_id": image_id, "height": int(image.shape[-2]),
+                                  "width": int(image.shape[-1]), "task": self.task, "settings": self.settings}
+        written += self._task_files(stem, image_id, result, record, names)
+        self.log.append({**record, "outputs": names})  # last: a line means its files are complete
+        return written
+
+    def finish(self, failed: Collection[int] = ()) -> list[Path]:
+        """The task's COCO document of this run's inputs (those in `failed` left out), merged from
+        their lines in input order; the paths written."""
+        if self.merged_name is None:
+            return []
+        bad = set(failed)
+        records = [None if i in bad else self.log.records.get(s) for i, s in enumerate(self.stems)]
+        categories = formats.coco_categories(self.class_names, self.stuff_classes, self.category_ids)
+        return [write_json(self.out / self.merged_name, merge(records, self.ids, self.task, categories))]
+
+    def _overlay(self, image: Tensor, result: Result) -> Any:
+        return overlay(image, result, self.class_names)
+
+    def _task_files(self, stem: str, image_id: int, result: Result, record: dict[str, Any],
+                    names: list[str]) -> list[Path]:
+        """Write the task's own files of one image, adding their names to `names` and the task's
+        fields to `record`; the paths written."""
+        raise NotImplementedError
+
+
+class PanopticWriter(ResultWriter):
+    """`<stem>_panoptic.png` per image, its segments in the line, `panoptic.json` at the end."""
+
+    task = "panoptic"
+    merged_name = "panoptic.json"
+
+    def _task_files(self, stem: str, image_id: int, result: Result, record: dict[str, Any],
+                    names: list[str]) -> list[Path]:
+        names.append(f"{stem}_panoptic.png")
+        path = write_png(self.out / names[-1], formats.id_to_rgb(result.segmentation))
+        entry = formats.panoptic_to_coco(result, image_id, names[-1], self.category_ids)
+        record.update(png=names[-1], segments_info=entry["segments_info"])
+        return [path]
+
+
+class InstanceWriter(ResultWriter):
+    """The instances (COCO results, RLE masks) in the line, `instances.json` at the end; the overlay
+    draws instances scoring at least `vis_threshold`."""
+
+    task = "instance"
+    merged_name = "instances.json"
+
+    def _overlay(self, image: Tensor, result: Result) -> Any:
+        return overlay(image, result, self.class_names, threshold=self.vis_threshold)
+
+    def _task_files(self, stem: str, image_id: int, result: Result, record: dict[str, Any],
+                    names: list[str]) -> list[Path]:
+        record["instances"] = formats.instances_to_coco(result, image_id, self.category_ids)
+        return []
+
+
+class SemanticWriter(ResultWriter):
+    """`<stem>_semantic.png` (class indices, uint8 or uint16 beyond 256 classes) per image."""
+
+    task = "semantic"
+
+    def _task_files(self, stem: str, image_id: int, result: Result, record: dict[str, Any],
+                    names: list[str]) -> list[Path]:
+        names.append(f"{stem}_semantic.png")
+        return [write_png(self.out / names[-1], formats.semantic_to_png_array(result, self.num_classes))]
+
+
+WRITERS: dict[str, type[ResultWriter]] = {"panoptic": PanopticWriter, "instance": InstanceWriter,
+                                          "semantic": SemanticWriter}
+
+
+def make_writer(task: str, out: Path, sources: Sequence[Path], stems: Sequence[str],
+                ids: Sequence[tuple[int, str]], settings: dict[str, Any], class_names: Sequence[str],
+                **options: Any) -> ResultWriter:
+    """The writer of `task` (see `ResultWriter` for the arguments and `options`)."""
+    if task not in WRITERS:
+        raise OptionError(f"task: no result writer for {task!r} (expected one of: {', '.join(WRITERS)})")
+    return WRITERS[task](out, sources, stems, ids, settings, class_names, **options)
+
+
+@dataclass
+class Outcome:
+    """What became of input `index`: its files `written`, or the `error` that stopped it (unreadable
+    image, files that could not be written), or `skipped` (done by an earlier run, when resuming)."""
+
+    index: int
+    written: list[Path] = field(default_factory=list)
+    error: str | None = None
+    skipped: bool = False
+
+
+def write_predictions(predictor: Predictor, writer: ResultWriter, max_pixels: int | None,
+                      resume: bool = False) -> Iterator[Outcome]:
+    """Predict the writer's inputs `predictor.batch_size` at a time and write their files: one
+    `Outcome` per input, as each is done (an unreadable image at once, the others batch by batch,
+    in input order). An image that cannot be read or whose files cannot be written is reported,
+    not raised; the others go on. With `resume`, inputs the writer finds done are skipped. Call
+    `writer.finish` after the last one."""
+    pending: list[tuple[int, Tensor]] = []
+
+    def flush() -> Iterator[Outcome]:
+        predictions = predictor.predict_tensors([image for _, image in pending])
+        for (index, image), result in zip(pending, predictions):
+            try:
+                yield Outcome(index, writer.write(index, image, result))
+            except OSError as e:
+                yield Outcome(index, error=f"{writer.sources[index]}: cannot write results: {e}")
+        pending.clear()
+
+    for index, source in enumerate(writer.sources):
+        if resume and writer.done(index):
+            yield Outcome(index, skipped=True)
             continue
-        folder = folder.resolve()
-        if target == folder or (deep and folder in target.parents):
-            where = "is" if target == folder else "is inside"
-            raise ValueError(f"--out: {out} {where} the input folder {item}; its results would be read as "
-                             "inputs by the next run. Choose a folder outside it")
-
-
-def dataset_image_ids(paths: Sequence[Path], images_json: Path) -> list[tuple[int, str]]:
-    """(image id, file_name) of each input from a COCO-style JSON's "images" list, matched by
-    file_name (the input path ends with it: `val2017/1.jpg` or `1.jpg`). Raises ValueError naming
-    the JSON and the inputs it does not list, or lists twice."""
-    try:
-        doc = json.loads(images_json.read_text(encoding="utf-8"))
-        images = doc["images"]
-        entries = [(int(im["id"]), str(im["file_name"])) for im in images]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--images-json {images_json}: cannot read its images (id, file_name): {e}") from None
-    by_name: dict[str, list[tuple[int, str]]] = {}
-    for image_id, name in entries:
-        by_name.setdefault(Path(name).name, []).append((image_id, name))
-    out, missing, ambiguous = [], [], []
-    for path in paths:
-        parts = path.resolve().parts
-        found = [(i, n) for i, n in by_name.get(path.name, []) if parts[-len(Path(n).parts):] == Path(n).parts]
-        if len(found) == 1:
-            out.append(found[0])
-        else:
-            (missing if not found else ambiguous).append(str(path))
-    if missing:
-        raise ValueError(f"--images-json {images_json}: {len(missing)} input(s) not among its images "
-                         f"(matched by file_name), e.g. {', '.join(missing[:3])}")
-    if ambiguous:
-        raise ValueError(f"--images-json {images_json}: file_name of {', '.join(ambiguous[:3])} matches several "
-                         "images; give their folder in file_name")
-    return out
-
-
-def image_ids(paths: Sequence[Path], images_json: Path | None = None) -> list[tuple[int, str]]:
-    """(image id, file_name) per input: the dataset's (`dataset_image_ids`) or (1..N, the path)."""
-    if images_json is not None:
-        return dataset_image_ids(paths, images_json)
-    return [(i, str(p)) for i, p in enumerate(paths, start=1)]
-
-
-class ResultLog:
-    """`results.jsonl` in `out`: read (resume) or started empty, then one line appended per image."""
-
-    def __init__(self, out: Path, resume: bool) -> None:
-        self.path = out / RESULTS_NAME
-        self.records: dict[str, dict[str, Any]] = {}
-        if resume and self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                    self.records[record["stem"]] = record
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: that image is done again
-            kept = [json.dumps(r, allow_nan=False) for r in self.records.values()]
-            if kept != lines:  # drop the broken tail, so that new lines start on a line of their own
-                files.write_atomic(self.path, "".join(line + "\n" for line in kept))
-        else:
-            files.write_atomic(self.path, "")
-
-    def done(self, stem: str, source: str, settings: dict[str, Any], out: Path) -> bool:
-        """True when `stem` has a line of this source made with these settings (model, task,
-        thresholds: JSON values), and every file it names exists."""
-        r = self.records.get(stem)
-        return (r is not None and r.get("source") == source and r.get("settings") == settings
-                and all((out / name).is_file() for name in r.get("outputs", [])))
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one image's line, written through to the disk before the next image starts."""
-        line = files.json_text(record, indent=None)  # one line, ends with "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[record["stem"]] = json.loads(line)
-
-
-def merge(
-    records: Sequence[dict[str, Any]], ids: Sequence[tuple[int, str]], task: str,
-    categories: list[dict[str, Any]],
-) -> Any:
-    """The COCO document of `records` (one per input, in input order, None for failed inputs) with
-    this run's image ids: panoptic -> {"images", "annotations", "categories"}, instance -> list."""
-    if task == "panoptic":
-        images, annotations = [], []
-        for record, (image_id, file_name) in zip(records, ids):
-            if record is None:
-                continue
-            images.append({"id": image_id, "file_name": file_name, "height": record["height"],
-                           "width": record["width"]})
-            annotations.append({"image_id": image_id, "file_name": record["png"],
-                                "segments_info": record["segments_info"], "source": record["source"]})
-        return {"images": images, "annotations": annotations, "categories": categories}
-    entries = []
-    for record, (image_id, file_name) in zip(records, ids):
-        for e in record["instances"] if record is not None else []:
-            entries.append({**e, "image_id": image_id, "file_name": file_name})
-    return entries
+        try:
+            pending.append((index, read_image(source, max_pixels)))
+        except (ImageReadError, OSError) as e:
+            yield Outcome(index, error=f"skipped {e}")
+            continue
+        if len(pending) >= predictor.batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()

@@ -107,9 +107,13 @@ class MaskClassificationLoss(nn.Module):
     """The EoMT training criterion (matching + mask, dice and class losses).
 
     `forward` scores one prediction; `forward_blocks` scores every block and sums them with the
-    loss coefficients. Random points come from `generator` (on the logits' device) when given:
+    loss weights. Random points come from `generator` (on the logits' device) when given:
     one generator for the batch, or one per image (`points.image_generators`), which makes an
     image's points independent of how the batch is split over processes.
+
+    The weights (`*_weight`, the names of `TrainConfig` and of Mask2Former's and transformers'
+    configs) weigh the loss terms and the matching costs alike; the official code calls them
+    `*_coefficient` (and its matcher `cost_*`).
     """
 
     def __init__(
@@ -118,24 +122,24 @@ class MaskClassificationLoss(nn.Module):
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
-        mask_coefficient: float = 5.0,
-        dice_coefficient: float = 5.0,
-        class_coefficient: float = 2.0,
-        no_object_coefficient: float = 0.1,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        class_weight: float = 2.0,
+        no_object_weight: float = 0.1,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
-        self.coefficients = {
-            "loss_mask": mask_coefficient,
-            "loss_dice": dice_coefficient,
-            "loss_cross_entropy": class_coefficient,
+        self.weights = {
+            "loss_mask": mask_weight,
+            "loss_dice": dice_weight,
+            "loss_cross_entropy": class_weight,
         }
         empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = no_object_coefficient
-        self.no_object_coefficient = no_object_coefficient
+        empty_weight[-1] = no_object_weight
+        self.no_object_weight = no_object_weight
         # Not persistent: a constant of the config, kept out of checkpoints.
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
@@ -165,9 +169,9 @@ class MaskClassificationLoss(nn.Module):
             mask_logits,
             targets,
             num_points=self.num_points,
-            cost_class=self.coefficients["loss_cross_entropy"],
-            cost_mask=self.coefficients["loss_mask"],
-            cost_dice=self.coefficients["loss_dice"],
+            class_weight=self.weights["loss_cross_entropy"],
+            mask_weight=self.weights["loss_mask"],
+            dice_weight=self.weights["loss_dice"],
             point_coords=match_points,
             generator=generator,
         )
@@ -202,8 +206,8 @@ class MaskClassificationLoss(nn.Module):
         for the others. With every process dividing by the same numbers, DDP's average of the
         processes' gradients is the gradient of one process holding the whole batch.
         """
-        class_weight = (batch_queries - matched) * self.no_object_coefficient + matched
-        mean = average_over_processes([matched, class_weight], device)  # (2,)
+        weighted_queries = (batch_queries - matched) * self.no_object_weight + matched
+        mean = average_over_processes([matched, weighted_queries], device)  # (2,)
         # A batch without matches and a zero no-object weight has a zero weighted sum: 0 / tiny = 0.
         return mean[0].clamp(min=1.0), mean[1].clamp(min=1e-12)
 
@@ -282,13 +286,13 @@ class MaskClassificationLoss(nn.Module):
         return self.weighted_total(losses), losses
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """Sum of every loss times its coefficient (5 mask, 5 dice, 2 cross-entropy)."""
+        """Sum of every loss times its weight (5 mask, 5 dice, 2 cross-entropy)."""
         total = None
         for key, value in losses.items():
             base = key.split("_block_")[0]
-            if base not in self.coefficients:
+            if base not in self.weights:
                 raise ValueError(f"loss key {key!r}: expected one of {LOSS_KEYS} (with a block suffix)")
-            term = self.coefficients[base] * value
+            term = self.weights[base] * value
             total = term if total is None else total + term
         if total is None:
             raise ValueError("losses: expected at least one loss, got an empty dict")

@@ -111,11 +111,14 @@ def matching_cost(
     mask_logits: Tensor,
     targets: BatchTargets,
     point_coords: Tensor,
-    cost_class: float = 2.0,
-    cost_mask: float = 5.0,
-    cost_dice: float = 5.0,
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
 ) -> Tensor:
     """The (B, Q, Nmax) matching cost; columns past an image's own N targets are padding.
+
+    The `*_weight` arguments weigh the three costs (the loss weights of `TrainConfig`; the official
+    code's matcher calls them `cost_class`, `cost_mask`, `cost_dice`).
 
     class_logits (B, Q, C+1); mask_logits (B, Q, h, w); point_coords (B, P, 2) in [0, 1]^2,
     shared by the predictions and the targets of an image.
@@ -134,9 +137,9 @@ def matching_cost(
     labels = targets.labels.new_zeros(batch, n_max)  # (B, Nmax); padding reads class 0, ignored
     labels[targets.image, slot] = targets.labels
     cost = (
-        cost_mask * pairwise_bce_cost(pred, tgt_padded)
-        + cost_class * class_cost(class_logits, labels)
-        + cost_dice * pairwise_dice_cost(pred, tgt_padded)
+        mask_weight * pairwise_bce_cost(pred, tgt_padded)
+        + class_weight * class_cost(class_logits, labels)
+        + dice_weight * pairwise_dice_cost(pred, tgt_padded)
     )
     return cost.clamp(-_COST_LIMIT, _COST_LIMIT).nan_to_num(0.0)
 
@@ -147,9 +150,9 @@ def hungarian_match(
     mask_logits: Tensor,
     targets: Sequence[TargetLike] | BatchTargets,
     num_points: int = 12544,
-    cost_class: float = 2.0,
-    cost_mask: float = 5.0,
-    cost_dice: float = 5.0,
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
     point_coords: Tensor | None = None,
     generator: Generators = None,
 ) -> list[tuple[Tensor, Tensor]]:
@@ -169,7 +172,7 @@ def hungarian_match(
     device = mask_logits.device
     if point_coords is None:
         point_coords = uniform_points(batch, num_points, device, generator, [1] * batch)  # (B, P, 2)
-    cost = matching_cost(class_logits, mask_logits, targets, point_coords, cost_class, cost_mask, cost_dice)
+    cost = matching_cost(class_logits, mask_logits, targets, point_coords, class_weight, mask_weight, dice_weight)
     cost_cpu = cost.cpu().numpy()  # one transfer; the solver runs on the host
     rows, cols = [], []
     for b, n in enumerate(targets.counts):

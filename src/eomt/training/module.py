@@ -15,14 +15,15 @@ layout (`network.*`) and carry the resolved config in `hyper_parameters`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from eomt.config import ExperimentConfig
-from eomt.models import EoMT
+from eomt.errors import EomtError
+from eomt.models import EoMT, unwrap_compiled
 from eomt.structures import Target
 from eomt.training.data_module import global_batch_positions
 from eomt.training.losses import MaskClassificationLoss
@@ -32,18 +33,25 @@ from eomt.training.schedules import llrd_param_groups, mask_annealing_probs, war
 log = logging.getLogger(__name__)
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(EomtError, FloatingPointError):
     """Training produced a non-finite loss, gradient or weight; the message names the step."""
 
 
 class EoMTModule(pl.LightningModule):
-    """Trains and validates an EoMT network as configured by an `ExperimentConfig`."""
+    """Trains and validates an EoMT network as configured by an `ExperimentConfig`.
 
-    def __init__(self, config: dict[str, Any], network: EoMT | None = None) -> None:
+    config: the resolved experiment (a plain dict, as Lightning hands back its saved
+        hyper-parameters, is parsed once here). total_steps: optimizer steps of the whole run
+        (`TrainConfig.total_steps`), which the LR schedule and mask annealing are fractions of.
+    """
+
+    def __init__(self, config: ExperimentConfig | Mapping[str, Any], network: EoMT | None = None,
+                 total_steps: int = 1) -> None:
         super().__init__()
+        self.cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
+        plain = self.cfg.to_dict()
         # The resolved config (plain data) is saved in every checkpoint.
-        self.save_hyperparameters({"config": config, "model_config": config["model"]})
-        self.cfg = ExperimentConfig.from_dict(config)
+        self.save_hyperparameters({"config": plain, "model_config": plain["model"]})
         self.network = network if network is not None else EoMT(self.cfg.model)
         t = self.cfg.train
         self.network.gradient_checkpointing = t.activation_checkpointing
@@ -54,12 +62,12 @@ class EoMTModule(pl.LightningModule):
             num_points=t.num_points,
             oversample_ratio=t.oversample_ratio,
             importance_sample_ratio=t.importance_sample_ratio,
-            mask_coefficient=t.mask_weight,
-            dice_coefficient=t.dice_weight,
-            class_coefficient=t.class_weight,
-            no_object_coefficient=t.no_object_weight,
+            mask_weight=t.mask_weight,
+            dice_weight=t.dice_weight,
+            class_weight=t.class_weight,
+            no_object_weight=t.no_object_weight,
         )
-        self.total_steps = 1  # set by the runner once the data size is known
+        self.total_steps = total_steps
         self.evaluator: Any = None
         self.fused_optimizer: bool | None = None  # None: fused wherever it is allowed
 
@@ -205,37 +213,29 @@ class EoMTModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def make_evaluator(self) -> Any:
-        m = self.cfg.model
-        if m.task == "panoptic":
-            from eomt.evaluation.panoptic import PanopticEvaluator
+        from eomt.evaluation import build_evaluator
 
-            return PanopticEvaluator(m.num_classes, m.stuff_classes, m.class_names or None)
-        if m.task == "instance":
-            from eomt.evaluation.instance import InstanceEvaluator
-
-            return InstanceEvaluator(m.num_classes, m.class_names or None)
-        from eomt.evaluation.semantic import SemanticEvaluator
-
-        return SemanticEvaluator(m.num_classes, class_names=m.class_names or None)
+        return build_evaluator(self.cfg.model)
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self.make_evaluator()
 
     def validation_step(self, batch: tuple[list[Tensor], list[Target]], batch_idx: int) -> None:
+        from eomt.evaluation import evaluate_batch
+
         images, targets = batch
-        results = self.predictor().predict_tensors(images)
-        self.evaluator.update(results, [_to_cpu(t) for t in targets])
+        evaluate_batch(self.predictor().predict_tensors, self.evaluator, images, targets)
 
     def predictor(self, task: str | None = None) -> Any:
         """The official inference (resize+pad or sliding windows + post-processing) on this network."""
         from eomt.inference.predictor import Predictor
 
-        network = getattr(self.network, "_orig_mod", self.network)
+        network = unwrap_compiled(self.network)
         return Predictor(
             network,
             task=task or self.cfg.model.task,
             device=self.device,
-            threshold=self.cfg.train.mask_threshold if (task or self.cfg.model.task) == "panoptic" else None,
+            threshold=self.cfg.train.score_threshold if (task or self.cfg.model.task) == "panoptic" else None,
             overlap_threshold=self.cfg.train.overlap_threshold,
         )
 
@@ -245,7 +245,3 @@ class EoMTModule(pl.LightningModule):
         # Every process holds the reduced numbers already; log them without another reduction.
         self.log_dict(scalars, sync_dist=False, rank_zero_only=False)
         self.last_metrics = metrics
-
-
-def _to_cpu(t: Target) -> Target:
-    return Target(t.masks.cpu(), t.labels.cpu(), t.is_crowd.cpu())

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from eomt.data.archives import FolderSource, ZipSource
+from eomt.data.sources import FolderSource, ZipSource
 from eomt.data.check import CheckReport, check_dataset
+from eomt.errors import EomtError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ CHECK_VERSION = 1  # part of the fingerprint: a changed check invalidates every 
 SHOWN_ERRORS = 20  # errors listed in a refusal; the rest are counted
 
 
-class DataCheckFailed(ValueError):
+class DataCheckFailed(EomtError, ValueError):
     """The data check found errors; the message lists the first ones and their count."""
 
 

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import lightning.pytorch as pl
-import torch
 import yaml
+
+from eomt.errors import EomtError, MissingFileError
+from eomt.training.trainer import read_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ IGNORED: dict[str, str] = {
     "train.log_every_n_steps": "logging",
     "train.checkpoint_every_n_steps": "how often the state is saved",
     "train.val_every_n_epochs": "validation only",
-    "train.mask_threshold": "validation post-processing only",
+    "train.score_threshold": "validation post-processing only",
+    "train.mask_threshold": "the former name of train.score_threshold",
     "train.overlap_threshold": "validation post-processing only",
     "train.out_dir": "the folder itself",
     "train.data_check": "whether the data check runs",
@@ -60,7 +63,7 @@ SHAPE_KEYS = (
 RUN_FILES = ("config.yaml", "checkpoints", "model.safetensors", "logs", "tb_logs", "eval")
 
 
-class RunConflict(ValueError):
+class RunConflict(EomtError, ValueError):
     """The folder holds a different run (or one that cannot be continued); nothing was changed."""
 
 
@@ -89,45 +92,6 @@ class Plan:
     move_previous: bool = False
     message: str = ""
     changed: list[tuple[str, Any, Any]] = field(default_factory=list)
-
-
-def read_training_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """A training checkpoint (`last.ckpt`), un-pickled weights-only: a planted file runs no code.
-
-    `weights_only=True` is passed explicitly, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` does not
-    override; `eomt train` writes nothing but tensors and plain containers. A truncated, foreign
-    or code-carrying file raises one `ValueError` line naming it (`--resume never` starts over).
-    """
-    import pickle
-
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # not the zip format: no mmap
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise ValueError(
-                f"{path}: holds pickled Python objects besides tensors, which a checkpoint written by "
-                "`eomt train` never does; refusing to un-pickle it (it could run code). Start over with "
-                "--resume never, or remove the file"
-            ) from None
-        raise _unreadable(path, e) from None
-    except Exception as e:
-        raise _unreadable(path, e) from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a training checkpoint (found {type(ckpt).__name__}, expected a dict)")
-    return ckpt
-
-
-def _unreadable(path: Path, e: BaseException) -> ValueError:
-    first = (str(e).strip().splitlines() or [""])[0][:100]
-    return ValueError(
-        f"{path}: unreadable training checkpoint ({type(e).__name__}: {first}); it may be truncated "
-        "(start over with --resume never, or remove the file)"
-    )
 
 
 def read_checkpoint_header(path: Path) -> tuple[int, dict[str, Any] | None]:
@@ -241,7 +205,7 @@ def plan_run(out: Path, config: Mapping[str, Any], resume: str, total_steps: Cal
     if resume not in RESUME_MODES:
         path = Path(resume)
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: checkpoint {resume} not found (or use auto, never, force)")
+            raise MissingFileError(f"--resume: checkpoint {resume} not found (or use auto, never, force)")
         step, saved_config = read_checkpoint_header(path)
         changed = config_differences(saved_config, config) if saved_config is not None else []
         if changed:

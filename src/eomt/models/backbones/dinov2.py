@@ -1,6 +1,6 @@
-"""The plain ViT of EoMT with DINOv2 conventions (timm parameter layout).
+"""The DINOv2 backbone of EoMT: a plain ViT with DINOv2 conventions (timm parameter layout).
 
-Patch 16 embedding, cls + register tokens without position embedding, learned patch position
+Implements `eomt.models.backbones.Backbone` (registered as "dinov2"). Patch 16 embedding, cls + register tokens without position embedding, learned patch position
 embedding (resized bicubically when the input grid differs), pre-norm blocks with LayerScale and an
 MLP (or packed SwiGLU for the giant size), and a final LayerNorm.
 """
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eomt.config import ModelConfig
-from eomt.models.kernels import linear, linear_gelu
+from eomt.models.fast.linear import linear, linear_gelu
 
 
 class PatchEmbed(nn.Module):
@@ -82,7 +82,11 @@ class SwiGLUPacked(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))).
+
+    `mask`: boolean (B, 1, N, N), True where attention is allowed, or None. A learned position
+    embedding needs no per-block position input, so the block takes none.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -110,7 +114,7 @@ def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos.dtype)  # (1, N', D)
 
 
-class ViT(nn.Module):
+class DINOv2(nn.Module):
     """DINOv2-style ViT backbone. `embed` gives tokens [cls | registers | patches]."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -135,6 +139,15 @@ class ViT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights: the images are cast to it before the patch embedding."""
+        return self.patch_embed.proj.weight.dtype
+
+    def block_inputs(self, grid: tuple[int, int]) -> dict[str, Tensor]:
+        """No per-block position inputs: positions are added once, in `embed`."""
+        return {}
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding at token grid `grid` (resized if it differs from the stored one)."""

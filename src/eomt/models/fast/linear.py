@@ -1,4 +1,6 @@
-"""Fused CPU kernels for bf16 inference, with a plain PyTorch fallback everywhere else.
+"""Contract: equals F.linear / F.gelu(F.linear) up to bf16 rounding; guarded by tests/models/test_fast_paths.py.
+
+Fused CPU kernels for bf16 inference, with a plain PyTorch fallback everywhere else.
 
 On a CPU with oneDNN bf16 support, `torch.ops.mkldnn._linear_pointwise` runs a linear layer with its
 bias (and optionally an exact GELU) fused into the AMX/AVX-512 matmul: no bias broadcast copy into
@@ -8,7 +10,8 @@ it cannot change what the caller can observe beyond bf16 rounding:
 - eager inference (no autograd: the op has no backward), CPU tensors in bf16;
 - not while torch.compile, torch.export, TorchScript tracing or ONNX export is capturing a graph
   (the graph must hold portable aten ops);
-- `set_fused_kernels(False)` switches it off process-wide (the reference path for tests).
+- `set_fused_kernels(False)` switches it off process-wide, with every other fast path of
+  `eomt.models.fast` (the reference paths, for tests).
 
 Everything else calls `F.linear` / `F.gelu`, which is also what the fused path computes up to the
 rounding of the intermediate: the GELU reads the fp32 matmul result instead of its bf16 rounding.
@@ -45,7 +48,13 @@ def set_fused_kernels(enabled: bool) -> bool:
 
 
 def fused_kernels_enabled() -> bool:
+    """True when the switch is on and this CPU has the oneDNN bf16 kernels."""
     return _ENABLED and _AVAILABLE
+
+
+def fast_paths_on() -> bool:
+    """The process-wide switch (`set_fused_kernels`): False selects the plain reference paths."""
+    return _ENABLED
 
 
 def _capturing() -> bool:
