@@ -230,3 +230,28 @@ def test_masks_and_scores_in_blocks_equal_the_direct_formula(block: int) -> None
     ref = (logits.sigmoid() * want).flatten(1).sum(1) / (want.flatten(1).sum(1) + 1e-6)
     torch.testing.assert_close(scores, ref, rtol=1e-6, atol=1e-7)
     assert scores[2] == 0
+
+
+def test_stuff_classes_are_never_instances() -> None:
+    from eomt.inference.postprocess import instance
+    from eomt.structures import ImageMeta
+
+    g = torch.Generator().manual_seed(4)
+    low = torch.randn(2, 6, 16, 16, generator=g) * 4
+    cls = torch.randn(2, 6, 5 + 1, generator=g) * 3  # 5 classes + no-object
+    cls[:, :, 1] += 5.0  # class 1 (stuff below) is every query's best class
+    metas = [ImageMeta((40, 30), (32, 24), (32, 32))] * 2
+    every = instance(low, cls, metas, top_k=12)
+    things = instance(low, cls, metas, top_k=12, stuff_classes=(1, 3))
+    for a, b in zip(every, things):
+        assert (a.labels == 1).any()  # without the rule, stuff comes first
+        assert len(b.labels) == 12 and not torch.isin(b.labels, torch.tensor([1, 3])).any()
+        # The thing instances found without the rule are among them, scored the same, in order.
+        kept = (~torch.isin(a.labels, torch.tensor([1, 3]))).nonzero()[:, 0].tolist()
+        assert kept
+        pairs_b = list(zip(b.labels.tolist(), b.scores.tolist()))
+        at = [pairs_b.index((int(a.labels[j]), float(a.scores[j]))) for j in kept]
+        assert at == sorted(at)
+        assert all(torch.equal(b.masks[i], a.masks[j]) for i, j in zip(at, kept))
+    none = instance(low, cls, metas, stuff_classes=range(5))
+    assert [len(r.labels) for r in none] == [0, 0] and none[0].masks.shape == (0, 40, 30)

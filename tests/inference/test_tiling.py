@@ -120,7 +120,8 @@ def test_objects_across_tile_borders_come_out_as_untiled(task: str) -> None:
         assert torch.equal(tiled.labels, expected.labels)
         return
     got, want = _segments(tiled), _segments(expected)
-    assert len(want) == len(DISCS) + 1  # each disc once, and the grey background
+    # Each disc once, and the grey background (stuff: a panoptic segment, never an instance).
+    assert len(want) == len(DISCS) + (task == "panoptic")
     assert [(c, m) for c, m, _ in got] == [(c, m) for c, m, _ in want]
     np.testing.assert_allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-5)
     if task == "panoptic":
@@ -148,7 +149,7 @@ def test_instance_top_k_keeps_the_best_joined_instances() -> None:
     run = Predictor(ColourNet((64, 64), "instance"), threshold=0.5).predict_tensors  # one result per tile
     full = predict_tiled(image, run, "instance", 64, 16, top_k=100)
     best = predict_tiled(image, run, "instance", 64, 16, top_k=3)  # the rest dropped as tiles finish
-    assert len(full.labels) == len(DISCS) + 1 and len(best.labels) == 3
+    assert len(full.labels) == len(DISCS) and len(best.labels) == 3  # the background is stuff
     assert bool((full.scores[:-1] > full.scores[1:]).all())
     assert torch.equal(best.masks, full.masks[:3]) and torch.equal(best.labels, full.labels[:3])
     assert torch.equal(best.scores, full.scores[:3])
@@ -226,6 +227,6 @@ def test_joined_instances_as_rle_equal_the_dense_ones() -> None:
     run = Predictor(ColourNet((64, 64), "instance"), threshold=0.5).predict_tensors
     dense = predict_tiled(image, run, "instance", 64, 16, mask_format="dense")
     rle = predict_tiled(image, run, "instance", 64, 16, mask_format="rle")
-    assert isinstance(rle.masks, RLEMasks) and len(rle.masks) == len(DISCS) + 1
+    assert isinstance(rle.masks, RLEMasks) and len(rle.masks) == len(DISCS)
     assert torch.equal(rle.masks.to_dense(), dense.masks) and torch.equal(rle.labels, dense.labels)
     assert torch.equal(rle.scores, dense.scores)

@@ -88,7 +88,8 @@ class Predictor:
     in is copied first, so the caller's stays as it was); "fp16": autocast, CUDA only.
     Post-processing is fp32.
     threshold: panoptic class-score threshold (default 0.8), or the instance score below which
-    instances are dropped (default 0.0: keep the top-k, as the evaluation does).
+    instances are dropped (default 0.0: keep the top-k, as the evaluation does). Instance results
+    of a model with stuff classes (a panoptic model) hold things only: stuff is never an instance.
     compile: False, True (torch.compile, fullgraph) or a torch.compile mode such as "max-autotune"
     (on CUDA it also replays the forward as a CUDA graph) or "reduce-overhead". Inputs are padded
     to the model's input size, so one compiled graph serves every image size; the first call
@@ -265,5 +266,5 @@ class Predictor:
         return list(
             postprocess.instance(out.mask_logits, out.class_logits, metas, self.top_k, self.threshold,
                                  mask_format="dense" if self.tile is not None else self.mask_format,
-                                 workspace=self.workspace)
+                                 workspace=self.workspace, stuff_classes=self.config.stuff_classes)
         )

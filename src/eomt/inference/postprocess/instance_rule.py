@@ -32,6 +32,7 @@ def instance(
     threshold: float = 0.0,
     mask_format: str = "auto",
     workspace: Workspace | None = None,
+    stuff_classes: Sequence[int] = (),
 ) -> list[InstanceResult]:
     """Instance segmentation from mask logits (B, Q, h, w) and class logits (B, Q, C+1).
 
@@ -39,6 +40,11 @@ def instance(
     excluded; one query may give several instances); mask = logits > 0 at the original size;
     score = class probability x mean sigmoid inside the mask. Instances scoring below `threshold`
     are dropped (0 keeps all, as the evaluation does). Sorted by decreasing score.
+
+    stuff_classes: classes that are never instances (a panoptic model's stuff: sky, road). They
+    take no part in the top-k, so a panoptic model gives `top_k` thing instances. Mask2Former's
+    instance inference of a panoptic model drops them too, after its top-k (fewer instances);
+    the instance evaluation counts only things either way.
 
     mask_format: "dense": masks as an (N, H, W) bool tensor; "rle": as `RLEMasks` (COCO
     run-length encodings, made one query at a time, so memory stays at one query's pixels);
@@ -50,13 +56,23 @@ def instance(
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format: unknown value {mask_format!r} (expected one of: {', '.join(MASK_FORMATS)})")
     probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
+    things = torch.ones(probs.shape[-1], dtype=torch.bool, device=probs.device)
+    if len(stuff_classes):
+        things[torch.as_tensor(list(stuff_classes), device=probs.device)] = False
+    thing_ids = things.nonzero()[:, 0]  # (T,) the classes an instance can have
+    if len(thing_ids) < len(things):
+        probs = probs[..., thing_ids]  # (B, Q, T)
     num_classes = probs.shape[-1]
     k = min(top_k, probs.shape[1] * num_classes)
+    if k == 0:  # every class is stuff
+        empty = torch.zeros(0, dtype=torch.long, device=probs.device)
+        return [InstanceResult(torch.zeros(0, *m.original_size, dtype=torch.bool, device=probs.device), empty,
+                               empty.float()) for m in metas]
     top_scores, top_idx = probs.flatten(1).topk(k, dim=1)  # (B, k)
     results = []
     for i, meta in enumerate(metas):
         queries = top_idx[i] // num_classes
-        labels = top_idx[i] % num_classes
+        labels = thing_ids[top_idx[i] % num_classes]
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
         if use_rle(mask_format, k, meta.original_size):
