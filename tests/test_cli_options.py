@@ -175,3 +175,20 @@ def test_only_the_error_family_is_one_line(monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.setattr(configs, "run", bug)
     with pytest.raises(KeyError, match="internal"):
         main(["configs"])
+
+
+def test_a_system_refusal_is_one_line_naming_the_path(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from eomt.commands import configs
+
+    def refused(args: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "x.png"))
+
+    monkeypatch.setattr(configs, "run", refused)
+    assert main(["configs"]) == 1
+    assert capsys.readouterr().err.strip() == f"eomt configs: error: [Errno 13] Permission denied: '{tmp_path}/out/x.png'"
+    monkeypatch.setattr(configs, "run", lambda args: (_ for _ in ()).throw(OSError("no errno: a bug")))
+    with pytest.raises(OSError, match="no errno"):
+        main(["configs"])

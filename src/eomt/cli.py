@@ -5,7 +5,8 @@ its help is the module's docstring (the first paragraph in `eomt --help`, all of
 `eomt VERB --help`). This module only dispatches: a mistyped verb or option is answered with the
 closest one, every option's default is shown in `--help`, and an error of the project's family
 (`eomt.errors.EomtError`: a bad config, checkpoint, dataset, image or option) is one line on
-stderr with exit status 1. Any other exception is a bug and shows its traceback.
+stderr with exit status 1, as is an operating-system error with an errno (permission denied, disk
+full). Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -185,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EomtError as e:
         # User errors carry a one-line message naming the file, key, option or step.
         if args.verbose:
+            raise
+        print(f"eomt {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # The system's own refusals (permission denied, disk full, a read-only folder) are about
+        # the user's machine, not a bug: one line with the path the system names.
+        if args.verbose or e.errno is None:
             raise
         print(f"eomt {args.verb}: error: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FORMATS = {
+CHECKPOINT_LAYOUTS = {
     "eomt": "one safetensors file with the full config (what `eomt predict` reads)",
     "transformers": "a folder for EomtForUniversalSegmentation.from_pretrained",
     "official": "a tue-mps/eomt state dict (network.* keys), e.g. pytorch_model.bin",
@@ -17,8 +17,8 @@ from eomt.errors import OptionError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="checkpoint file, folder or hub id (owner/name)")
-    p.add_argument("--to", required=True, choices=sorted(FORMATS), dest="to",
-                   help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    p.add_argument("--to", required=True, choices=sorted(CHECKPOINT_LAYOUTS), dest="to",
+                   help="; ".join(f"{k}: {v}" for k, v in CHECKPOINT_LAYOUTS.items()))
     p.add_argument("--out", required=True, type=Path,
                    help="output file (eomt, official) or folder (transformers; official: pytorch_model.bin in it)")
     p.add_argument("--preset", default=None,

@@ -31,7 +31,7 @@ from torch import Tensor
 from eomt import files
 from eomt.errors import MissingFileError
 from eomt.files import write_atomic
-from eomt.images import ImageReadError, array_to_rgb, to_rgb
+from eomt.images import ImageReadError, array_to_rgb, to_chw, to_rgb
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's refusal limit (2 x its MAX_IMAGE_PIXELS of 89,478,485)
 _PILLOW_LIMIT = threading.Lock()
@@ -98,7 +98,7 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
 
 def pil_to_tensor(img: Image.Image) -> Tensor:
     """A PIL image of any mode -> RGB uint8 (3, H, W), by the shared rule of `eomt.images.to_rgb`."""
-    return _chw(to_rgb(img))
+    return to_chw(to_rgb(img))
 
 
 def array_to_tensor(a: np.ndarray, name: str = "image") -> Tensor:
@@ -107,11 +107,7 @@ def array_to_tensor(a: np.ndarray, name: str = "image") -> Tensor:
     uint16 is scaled by 1/257; floats are taken as [0, 1] (as 0..255 if any value exceeds 1);
     alpha is composited onto white (`eomt.images.array_to_rgb`).
     """
-    return _chw(array_to_rgb(a, name))
-
-
-def _chw(rgb: np.ndarray) -> Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    return to_chw(array_to_rgb(a, name))
 
 
 def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
@@ -148,19 +144,14 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = 
 # ---------------------------------------------------------------------------------------------
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (`eomt.files.write_atomic`): a reader never sees a
-    half-written file, even if the process dies mid-write; the umask applies."""
-    return write_atomic(path, data)
-
-
 def write_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
-    """Write a PNG atomically: uint8 (H, W) or (H, W, 3), uint16 (H, W), or a PIL image."""
+    """Write a PNG atomically (`eomt.files.write_atomic`): uint8 (H, W) or (H, W, 3), uint16 (H, W),
+    or a PIL image."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image))  # uint16 (H, W) -> mode "I;16"
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -219,12 +219,13 @@ class EoMTModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self.make_evaluator()
+        self._val_predictor = self.predictor()  # one per epoch: its workspace serves every batch
 
     def validation_step(self, batch: tuple[list[Tensor], list[Target]], batch_idx: int) -> None:
         from eomt.evaluation import evaluate_batch
 
         images, targets = batch
-        evaluate_batch(self.predictor().predict_tensors, self.evaluator, images, targets)
+        evaluate_batch(self._val_predictor.predict_tensors, self.evaluator, images, targets)
 
     def predictor(self, task: str | None = None) -> Any:
         """The official inference (resize+pad or sliding windows + post-processing) on this network."""
@@ -240,6 +241,7 @@ class EoMTModule(pl.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
+        self._val_predictor = None
         metrics = self.evaluator.compute()
         scalars = {f"val/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         # Every process holds the reduced numbers already; log them without another reduction.
