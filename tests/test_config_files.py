@@ -11,7 +11,7 @@ import yaml
 from eomt.cli import main
 from eomt.commands.configs import format_listing
 from eomt.commands.data import _spec
-from eomt.config import PRESET_NAMES, ConfigError, load_experiment, preset
+from eomt.config import DINOV3_PRESET_NAMES, PRESET_NAMES, ConfigError, load_experiment, preset
 from eomt.config_files import bundled_configs, configs_dir, resolve_config, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,26 @@ def test_a_preset_resolves_to_the_bundled_config_that_reproduces_it(name: str) -
     assert cfg.model == preset(name)
     assert cfg.data.dataset == name.split("_eomt_")[0]  # its dataset, e.g. coco_panoptic
     assert cfg.train.out_dir == f"runs/{name}"
+
+
+@pytest.mark.parametrize("name", DINOV3_PRESET_NAMES)
+def test_a_dinov3_preset_resolves_to_the_bundled_config_that_reproduces_it(name: str) -> None:
+    path = resolve_config(name)
+    assert path == configs_dir() / f"{name.replace('_', '/', 2)}.yaml"  # beside its DINOv2 row, `_dinov3` suffix
+    assert yaml.safe_load(path.read_text())["model"]["preset"] == name
+    cfg = load_experiment(name)
+    assert cfg.model == preset(name) and cfg.model.backbone == "dinov3"
+    assert cfg.data.dataset == name.split("_eomt_")[0] and cfg.train.out_dir == f"runs/{name}"
+
+
+def test_eomt_configs_lists_the_dinov3_presets_and_the_results_they_reproduce(capsys: pytest.CaptureFixture) -> None:
+    assert main(["configs"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    for name in DINOV3_PRESET_NAMES:
+        assert rows[name].endswith(f"config: {name.replace('_', '/', 2)}")
+    assert "reproduces PQ 47.2" in rows["coco/panoptic/eomt_small_640_dinov3"]
+    assert "reproduces mIoU 59.5" in rows["ade20k/semantic/eomt_large_512_dinov3"]
+    assert "1280px" in rows["coco/instance/eomt_large_1280_dinov3"]
 
 
 def test_a_short_preset_name_is_the_coco_panoptic_row() -> None:

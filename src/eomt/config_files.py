@@ -18,7 +18,7 @@ import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from eomt.config.model import PRESET_NAMES
+from eomt.config.model import DINOV3_PRESET_NAMES, PRESET_ALIASES, PRESET_NAMES
 from eomt.config.parse import ConfigError
 
 _SUFFIXES = (".yaml", ".yml")
@@ -47,7 +47,7 @@ def preset_configs() -> dict[str, str]:
     `coco_panoptic_eomt_large_640` is reproduced by `coco/panoptic/eomt_large_640`.
     """
     by_key = {name.replace("/", "_"): name for name in bundled_configs()}
-    return {p: by_key[p] for p in PRESET_NAMES if p in by_key}
+    return {p: by_key[p] for p in PRESET_NAMES + DINOV3_PRESET_NAMES if p in by_key}
 
 
 def bundled_name(source: str | Path) -> str | None:
@@ -57,7 +57,7 @@ def bundled_name(source: str | Path) -> str | None:
         return name
     if "/" not in name:  # a preset, or the short form of a COCO panoptic preset
         presets = preset_configs()
-        for key in (name, f"coco_panoptic_{name}"):
+        for key in (PRESET_ALIASES.get(name, name), f"coco_panoptic_{name}"):
             if key in presets:
                 return presets[key]
     return None
@@ -115,7 +115,7 @@ def summary(path: str | Path) -> str:
     """What a config is for, in a few words from its header: the result it reproduces, or its first clause."""
     text = header(path)
     # Paper configs: "Reproduces the paper's <preset> row (...): expected PQ 56.0 at 640x640, ..."
-    paper = re.match(r"Reproduces the paper's \S+ row .*?: expected (.+?) at \d+x\d+", text)
+    paper = re.match(r"Reproduces the (?:paper's|official model zoo's) \S+ row .*?: expected (.+?) at \d+x\d+", text)
     if paper:
         return f"reproduces {paper.group(1)}"
     return re.split(r"(?<=[.:])\s", text, maxsplit=1)[0].rstrip(".:")

@@ -31,7 +31,7 @@ def test_dinov2_is_the_default_backbone_and_old_configs_name_none() -> None:
 
 def test_an_unknown_backbone_is_a_config_error_with_a_suggestion() -> None:
     with pytest.raises(ConfigError, match="did you mean 'dinov2'"):
-        EoMT(tiny_config(backbone="dinov3x"))
+        EoMT(tiny_config(backbone="dinov2x"))
 
 
 class _PositionalBlock(Block):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eomt.checkpoints.dinov2 import BackboneReport, load_dinov2_backbone, resample_patch_embed
+from eomt.checkpoints.dinov2 import load_dinov2_backbone, resample_patch_embed
+from eomt.checkpoints.fit import BackboneReport
 from eomt.checkpoints.fit import FitReport
 from eomt.checkpoints.initialise import InitReport, init_from
 from eomt.checkpoints.hf import save_transformers

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eomt.checkpoints.fit import square_grid
+from eomt.checkpoints.fit import BackboneReport, fill_backbone, square_grid
 from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict
 from eomt.checkpoints.source import read_weights
 from eomt.models.eomt import EoMT
@@ -30,17 +29,6 @@ from eomt.models.backbones.dinov2 import resize_pos_embed
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "teacher.backbone.", "student.backbone.", "encoder.backbone.", "backbone.")
-
-
-@dataclass
-class BackboneReport:
-    """Outcome of `load_dinov2_backbone`: layout found, keys loaded, missing, unexpected, resampled."""
-
-    layout: str
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    resampled: list[str] = field(default_factory=list)
 
 
 def resample_patch_embed(weight: Tensor, new_size: tuple[int, int]) -> Tensor:
@@ -69,7 +57,7 @@ def load_dinov2_backbone(
     """Load DINOv2 weights (a file, folder, hub id or state dict) into `model.backbone`.
 
     Heads and queries keep their initialisation. Weights of another width or depth, or that match
-    under `MIN_MATCHED` of the backbone's tensors, raise a `CheckpointError` naming the shapes;
+    under `fit.MIN_MATCHED` of the backbone's tensors, raise a `CheckpointError` naming the shapes;
     other missing/unexpected keys are returned (and logged).
     """
     name, sd = _read(source, trust_pickle)
@@ -84,7 +72,6 @@ def load_dinov2_backbone(
     return report
 
 
-MIN_MATCHED = 0.9  # a DINOv2 file must fill at least this share of the backbone's tensors
 
 
 def looks_like_dinov2(sd: Mapping[str, Tensor]) -> bool:
@@ -107,7 +94,7 @@ def fit_dinov2(model: EoMT, source_sd: Mapping[str, Tensor], name: str) -> Backb
     """Copy DINOv2 weights (timm or torch-hub names) into `model.backbone`; log nothing.
 
     Raises `CheckpointError` (naming `name`) for another backbone family, another width or depth
-    (the shapes / block counts), or when under `MIN_MATCHED` of the backbone's tensors are found.
+    (the shapes / block counts), or when under `fit.MIN_MATCHED` of the backbone's tensors are found.
     """
     if model.config.backbone != "dinov2":
         raise CheckpointError(f"{name}: DINOv2 weights for a {model.config.backbone!r} backbone (model.backbone)")
@@ -119,38 +106,11 @@ def fit_dinov2(model: EoMT, source_sd: Mapping[str, Tensor], name: str) -> Backb
     report = BackboneReport(layout="torch-hub" if hub_layout else "timm")
     if hub_layout:
         sd = _from_torch_hub(sd)
-    expected = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     sd = _adapt(sd, model, report, name)
-    report.unexpected = [k for k in sd if k not in expected]
-    report.missing = [k for k in expected if k not in sd]
-    bad = [f"{k} expected {tuple(expected[k].shape)} found {tuple(v.shape)}"
-           for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
-    if bad:
-        more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
-        cls = sd.get("cls_token")
-        width = f" (width {cls.shape[-1]}, the backbone's {model.config.embed_dim})" if cls is not None else ""
-        raise CheckpointError(f"{name}: DINOv2 weights do not fit the backbone{width}: {', '.join(bad[:4])}{more}")
-    depth = _depth(sd)
-    if depth and depth != model.config.depth:
-        raise CheckpointError(
-            f"{name}: DINOv2 weights with {depth} blocks, the backbone has {model.config.depth} "
-            f"(model.depth={model.config.depth}); use the DINOv2 size the config names"
-        )
-    fitting = {"backbone." + k: v for k, v in sd.items() if k in expected}
-    if len(fitting) < MIN_MATCHED * len(expected):
-        sample = ", ".join(list(source_sd)[:3])
-        raise CheckpointError(
-            f"{name}: DINOv2 weights expected (backbone tensors such as blocks.0.attn.qkv.weight), but only "
-            f"{len(fitting)} of the backbone's {len(expected)} tensors were found (keys such as {sample})"
-        )
-    model.load_state_dict(fitting, strict=False)
-    report.loaded = len(fitting)
-    return report
-
-
-def _depth(sd: StateDict) -> int:
-    blocks = [int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))]
-    return 1 + max(blocks) if blocks else 0
+    sample = ", ".join(list(source_sd)[:3])
+    return fill_backbone(model, sd, report, "DINOv2", name, lambda found, expected: (
+        f"{name}: DINOv2 weights expected (backbone tensors such as blocks.0.attn.qkv.weight), but only "
+        f"{found} of the backbone's {expected} tensors were found (keys such as {sample})"))
 
 
 def _read(source: str | Path | Mapping[str, Tensor], trust_pickle: bool) -> tuple[str, StateDict]:

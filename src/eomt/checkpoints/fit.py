@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from eomt.checkpoints.io import CheckpointError, StateDict
 from eomt.models.eomt import EoMT
@@ -13,6 +15,58 @@ from eomt.models.backbones.dinov2 import resize_pos_embed
 log = logging.getLogger(__name__)
 
 _SHOWN = 4  # keys listed per kind of misfit; the rest are counted
+MIN_MATCHED = 0.9  # backbone weights must fill at least this share of the backbone's tensors
+
+
+@dataclass
+class BackboneReport:
+    """Outcome of loading backbone weights: layout found, keys loaded, missing, unexpected, resampled."""
+
+    layout: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
+
+
+def block_depth(sd: StateDict) -> int:
+    """Blocks in backbone weights named `blocks.{i}.*` (0 when there are none)."""
+    blocks = [int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))]
+    return 1 + max(blocks) if blocks else 0
+
+
+def fill_backbone(model: EoMT, sd: StateDict, report: BackboneReport, family: str, name: str,
+                  too_few: Callable[[int, int], str]) -> BackboneReport:
+    """Load backbone weights `sd` (our names, without `backbone.`) into `model` and complete `report`.
+
+    Raises `CheckpointError` naming `name` and the `family` ("DINOv2", "DINOv3") when tensors do
+    not fit (the first shapes, and the width when the cls token tells it), when the block count
+    differs from the config's depth, or when under `MIN_MATCHED` of the backbone's tensors are
+    found (`too_few(found, expected)` gives that message).
+    """
+    expected = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    report.unexpected = [k for k in sd if k not in expected]
+    report.missing = [k for k in expected if k not in sd]
+    bad = [f"{k} expected {tuple(expected[k].shape)} found {tuple(v.shape)}"
+           for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    if bad:
+        more = f" (+{len(bad) - _SHOWN} more)" if len(bad) > _SHOWN else ""
+        cls = sd.get("cls_token", sd.get("patch_embed.cls_token"))
+        width = f" (width {cls.shape[-1]}, the backbone's {model.config.embed_dim})" if cls is not None else ""
+        raise CheckpointError(f"{name}: {family} weights do not fit the backbone{width}: "
+                              f"{', '.join(bad[:_SHOWN])}{more}")
+    depth = block_depth(sd)
+    if depth and depth != model.config.depth:
+        raise CheckpointError(
+            f"{name}: {family} weights with {depth} blocks, the backbone has {model.config.depth} "
+            f"(model.depth={model.config.depth}); use the {family} size the config names"
+        )
+    fitting = {"backbone." + k: v for k, v in sd.items() if k in expected}
+    if len(fitting) < MIN_MATCHED * len(expected):
+        raise CheckpointError(too_few(len(fitting), len(expected)))
+    model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    return report
 
 
 @dataclass
@@ -115,8 +169,8 @@ def plan_fit(
     report.skipped = [k for k in expected if k.startswith(skip)] if skip else []
     sd = {k: v for k, v in state_dict.items() if not (skip and k.startswith(skip))}
     pos = sd.get("backbone.pos_embed")
-    want = expected["backbone.pos_embed"]
-    other_grid = pos is not None and pos.ndim == 3 and pos.shape[1:] != want.shape[1:]
+    want = expected.get("backbone.pos_embed")  # None for a RoPE backbone (DINOv3)
+    other_grid = pos is not None and want is not None and pos.ndim == 3 and pos.shape[1:] != want.shape[1:]
     other_grid = other_grid and pos.shape[2] == want.shape[2]  # same width, other token count
     if resample_pos_embed and other_grid:
         grid = source_grid or square_grid(pos.shape[1])

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from eomt.checkpoints import hf_dinov3
 from eomt.checkpoints.infer import with_label_space
 from eomt.checkpoints.io import CheckpointError, StateDict, save_safetensors
 from eomt.config import ConfigError, ModelConfig
@@ -128,6 +129,8 @@ def from_hf(sd: StateDict, swiglu: bool, name: str) -> StateDict:
 # ------------------------------------------------------------------------------------- config
 def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
     """`ModelConfig` from an `EomtConfig` config.json dict (labels from id2label)."""
+    if hf_dinov3.is_dinov3_config(d):  # EomtDinov3Config: its own fields translated, the rest shared
+        d = hf_dinov3.as_eomt_config(d, name)
     model_type = d.get("model_type", "eomt")
     if model_type != "eomt":
         raise CheckpointError(f"{name}: model_type {model_type!r} is not supported (expected 'eomt')")
@@ -173,10 +176,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
             f"model.img_size: transformers EoMT needs a square size (one image_size for both sides), found "
             f"{(h, w)}; save a non-square model with save_model or save_official"
         )
-    if float(cfg.mlp_ratio) != int(cfg.mlp_ratio):
+    if float(cfg.mlp_ratio) != int(cfg.mlp_ratio) and cfg.backbone != "dinov3":
         raise CheckpointError(f"model.mlp_ratio: transformers EoMT needs an integer, found {cfg.mlp_ratio}")
     names = cfg.class_names or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
-    return {
+    config = {
         "architectures": ["EomtForUniversalSegmentation"], "model_type": "eomt",
         "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
         "mlp_ratio": int(cfg.mlp_ratio), "use_swiglu_ffn": cfg.swiglu, "hidden_act": "gelu",
@@ -193,6 +196,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         # Not part of EomtConfig; transformers keeps unknown keys, so the label space survives.
         "eomt_extra": {"task": cfg.task, "stuff_classes": list(cfg.stuff_classes), "name": cfg.name},
     }
+    return hf_dinov3.to_dinov3_config(config, cfg) if cfg.backbone == "dinov3" else config
 
 
 def is_hf_layout(sd: StateDict) -> bool:
@@ -214,14 +218,16 @@ def read_hf_config(folder: Path) -> ModelConfig:
 
 
 def save_transformers(model: EoMT, folder: str | Path) -> Path:
-    """Write `folder/config.json` + `folder/model.safetensors` for `EomtForUniversalSegmentation`.
+    """Write `folder/config.json` + `folder/model.safetensors` for `EomtForUniversalSegmentation`
+    (`EomtDinov3ForUniversalSegmentation` for a DINOv3 model).
 
     HF expects pixel values normalised with ImageNet mean/std (our model normalises inside).
     """
     folder = Path(folder)
     cfg = model.config
     config = config_to_hf(cfg)
-    weights = to_hf(model.state_dict(), cfg.swiglu)
+    sd = model.state_dict()
+    weights = hf_dinov3.to_hf(sd) if cfg.backbone == "dinov3" else to_hf(sd, cfg.swiglu)
     empty = torch.ones(cfg.num_classes + 1)
     empty[-1] = config["no_object_weight"]
     weights["criterion.empty_weight"] = empty  # HF's loss buffer, so that from_pretrained reports nothing missing

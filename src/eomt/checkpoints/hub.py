@@ -103,7 +103,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
 
 def _is_transformers_repo(hub: Any, repo_id: str, revision: str | None, offline: bool) -> bool:
-    """True when the repo's config.json says `model_type: eomt` (absent config: an official release)."""
+    """True when the repo's config.json says `model_type: eomt` or `eomt_dinov3` (absent config: an official release)."""
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
@@ -113,6 +113,6 @@ def _is_transformers_repo(hub: Any, repo_id: str, revision: str | None, offline:
             raise
         return False
     try:
-        return json.loads(Path(path).read_text()).get("model_type") == "eomt"
+        return json.loads(Path(path).read_text()).get("model_type") in ("eomt", "eomt_dinov3")
     except (OSError, ValueError, AttributeError):
         return False

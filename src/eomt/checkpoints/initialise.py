@@ -5,6 +5,8 @@ weights), then the network takes what fits it:
 - an EoMT checkpoint of the same class count: everything (the class head unless told not to);
 - an EoMT checkpoint of another class count: everything but the class head, which stays new;
 - DINOv2 weights: the backbone; heads and queries stay new.
+- DINOv3 weights (Meta, transformers or timm layout): the backbone of a DINOv3 network, likewise.
+  An official DINOv3 release whose backbone holds deltas is refused (its base is needed first).
 Anything else is an error naming the file, what was expected and what was found: a file of no
 known kind, another architecture (the shapes), or weights that fill too little of the network.
 One log line says what was loaded.
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eomt.checkpoints.dinov2 import fit_dinov2
+from eomt.checkpoints.dinov3 import fit_dinov3
+from eomt.checkpoints.official_dinov3 import missing_base_error
 from eomt.checkpoints.fit import model_name, plan_fit
 from eomt.checkpoints.io import CheckpointError
 from eomt.checkpoints.loader import Source, read_source
@@ -34,7 +38,7 @@ class InitReport:
 
     source: str
     kind: str
-    family: str  # "eomt" or "dinov2"
+    family: str  # "eomt", "dinov2" or "dinov3"
     loaded: int
     total: int  # tensors of the network's state dict that a file could fill
     new: list[str] = field(default_factory=list)  # tensors that keep their initialisation
@@ -45,7 +49,7 @@ class InitReport:
 
     def describe(self) -> str:
         """The one log line."""
-        if self.family == "dinov2":
+        if self.family in ("dinov2", "dinov3"):
             text = (f"initialised the backbone from {self.source} ({self.kind}): {self.loaded} of {self.total} "
                     "tensors; heads and queries new")
         elif self.class_head == "loaded":
@@ -66,7 +70,7 @@ class InitReport:
 def init_from(
     network: EoMT, source: str | Path, *, load_class_head: bool = True, trust_pickle: bool = False
 ) -> InitReport:
-    """Initialise `network` in place from an EoMT checkpoint or DINOv2 weights (file, folder, hub id).
+    """Initialise `network` in place from an EoMT checkpoint or DINOv2 / DINOv3 weights (file, folder, hub id).
 
     EoMT checkpoints (ours, Lightning, official release, transformers folder, bare state dict) of
     the network's class count load whole (the class head only with `load_class_head`; other class
@@ -78,18 +82,24 @@ def init_from(
     architecture (listing the shapes), or DINOv2 weights that fill under 90% of the backbone.
     """
     src = read_source(source, trust_pickle)
-    report = _from_dinov2(network, src) if src.family == "dinov2" else _from_eomt(network, src, load_class_head)
+    if src.family in ("dinov2", "dinov3"):
+        report = _from_backbone(network, src)
+    else:
+        if src.deltas:
+            raise missing_base_error(src.state_dict, src.name, src.evidence)
+        report = _from_eomt(network, src, load_class_head)
     log.info("%s", report.describe())
     return report
 
 
-def _from_dinov2(network: EoMT, src: Source) -> InitReport:
-    fit = fit_dinov2(network, src.state_dict, src.name)
+def _from_backbone(network: EoMT, src: Source) -> InitReport:
+    fit = (fit_dinov2 if src.family == "dinov2" else fit_dinov3)(network, src.state_dict, src.name)
     backbone = [k for k in network.state_dict() if k.startswith("backbone.")]
     others = [k for k in network.state_dict() if not k.startswith("backbone.") and k not in _SCHEDULE_STATE]
     return InitReport(
-        src.name, f"DINOv2 weights, {fit.layout} layout", "dinov2", loaded=fit.loaded, total=len(backbone),
-        new=others + ["backbone." + k for k in fit.missing], class_head="DINOv2 weights have no heads",
+        src.name, src.kind if src.family == "dinov3" else f"DINOv2 weights, {fit.layout} layout", src.family,
+        loaded=fit.loaded, total=len(backbone), new=others + ["backbone." + k for k in fit.missing],
+        class_head=f"{'DINOv2' if src.family == 'dinov2' else 'DINOv3'} weights have no heads",
         resampled=fit.resampled, ignored=fit.unexpected,
     )
 

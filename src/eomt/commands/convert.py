@@ -7,7 +7,7 @@ from pathlib import Path
 
 CHECKPOINT_LAYOUTS = {
     "eomt": "one safetensors file with the full config (what `eomt predict` reads)",
-    "transformers": "a folder for EomtForUniversalSegmentation.from_pretrained",
+    "transformers": "a folder for EomtForUniversalSegmentation.from_pretrained (EomtDinov3... for DINOv3)",
     "official": "a tue-mps/eomt state dict (network.* keys), e.g. pytorch_model.bin",
 }
 
@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output file (eomt, official) or folder (transformers; official: pytorch_model.bin in it)")
     p.add_argument("--preset", default=None,
                    help="preset of the source when it cannot be inferred (e.g. eomt_large_640)")
+    p.add_argument("--backbone", default=None, metavar="BASE",
+                   help="DINOv3 base weights (file, folder or hub id, e.g. facebook/dinov3-vits16-pretrain-lvd1689m) "
+                        "that an official DINOv3 release's backbone deltas are added to; detected, never needed otherwise")
     p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
                    help="resample the position embedding to this input size (N or H W)")
     add_trust_pickle(p)
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         if len(args.img_size) > 2:
             raise OptionError(f"--img-size: expected N or H W, got {len(args.img_size)} numbers")
         img_size = (args.img_size[0], args.img_size[-1])
-    model = load_model(args.source, preset=args.preset, img_size=img_size, trust_pickle=args.trust_pickle)
+    model = load_model(args.source, preset=args.preset, img_size=img_size, trust_pickle=args.trust_pickle,
+                       backbone=args.backbone)
     out: Path = args.out
     if args.to == "eomt":
         written = save_model(model, out if out.suffix else out.with_suffix(".safetensors"))

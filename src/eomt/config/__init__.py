@@ -22,6 +22,7 @@ from eomt.config.experiment import (
     load_experiment,
 )
 from eomt.config.model import (
+    DINOV3_PRESET_NAMES,
     LABEL_KEYS,
     PRESET_NAMES,
     SIZES,
@@ -36,7 +37,7 @@ from eomt.config.parse import ConfigError, coerce, from_dict, parse_value
 from eomt.config.train import PRECISIONS, TrainConfig, parse_devices
 
 __all__ = [
-    "LABEL_KEYS", "PRECISIONS", "PRESET_NAMES", "RENAMED", "SIZES", "TASKS", "ConfigError", "DataConfig",
+    "DINOV3_PRESET_NAMES", "LABEL_KEYS", "PRECISIONS", "PRESET_NAMES", "RENAMED", "SIZES", "TASKS", "ConfigError", "DataConfig",
     "ExperimentConfig", "LabelSpace", "ModelConfig", "TrainConfig", "apply_overrides", "check_labels", "coerce",
     "deprecated_keys", "from_dict", "load_experiment", "parse_devices", "parse_value", "precision", "preset",
     "tiny_config",

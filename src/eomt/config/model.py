@@ -118,6 +118,13 @@ class ModelConfig:
     name: str = ""
     # The ViT family (`eomt.models.backbones.BACKBONES`); configs stored without it are DINOv2.
     backbone: str = "dinov2"
+    # DINOv3 RoPE (backbone "dinov3" only): the frequency base, and the largest factor r of the
+    # training-time log-uniform coordinate rescale in [1/r, r] (r <= 1: off; eval never rescales).
+    rope_theta: float = 100.0
+    rope_rescale: float = 2.0
+    # DINOv3 gated MLP, down(gelu(gate(x)) * up(x)) of width D * mlp_ratio (transformers'
+    # `use_gated_mlp`); DINOv2's gated MLP is `swiglu`.
+    gated_mlp: bool = False
 
     def __post_init__(self) -> None:
         h, w = self.img_size
@@ -137,6 +144,11 @@ class ModelConfig:
             raise ConfigError(f"model.num_blocks: {self.num_blocks} must be in [1, depth={self.depth}]")
         if self.task not in TASKS:
             raise ConfigError(unknown("model.task", self.task, TASKS))
+        if (self.swiglu and self.backbone == "dinov3") or (self.gated_mlp and self.backbone != "dinov3"):
+            raise ConfigError(
+                f"model.{'swiglu' if self.swiglu else 'gated_mlp'}: not a {self.backbone} option "
+                "(the DINOv2 gated MLP is swiglu, the DINOv3 one gated_mlp)"
+            )
         check_labels(self.num_classes, self.class_names, self.stuff_classes, self.category_ids)
 
     @property
@@ -151,6 +163,10 @@ class ModelConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        """MLP width: D * mlp_ratio; DINOv2's SwiGLU takes 2/3 of it rounded up to 8 (timm), while
+        DINOv3 (both MLPs) keeps D * mlp_ratio (transformers' `intermediate_size`)."""
+        if self.backbone == "dinov3":
+            return round(self.embed_dim * self.mlp_ratio)
         if self.swiglu:
             hidden = int(self.embed_dim * self.mlp_ratio * 2 / 3)
             return (hidden + 7) // 8 * 8
@@ -193,7 +209,8 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _preset(name: str, size: str, img: int, task: str, dataset: str) -> ModelConfig:
+def _preset(name: str, size: str, img: int, task: str, dataset: str, **fields: Any) -> ModelConfig:
+    """Preset `name`: `SIZES[size]` at img x img, `task` on `dataset`'s labels, plus `fields`."""
     from eomt import classes
 
     names, stuff = classes.label_space(dataset, task)
@@ -209,6 +226,7 @@ def _preset(name: str, size: str, img: int, task: str, dataset: str) -> ModelCon
         num_classes=len(names),
         task=task,
         name=name,
+        **fields,
     )
     return model.with_labels(LabelSpace(tuple(names), tuple(stuff)))
 
@@ -232,18 +250,35 @@ _PRESET_SPECS: dict[str, tuple[str, int, str, str]] = {
 
 PRESET_NAMES: tuple[str, ...] = tuple(_PRESET_SPECS)
 
+# DINOv3 rows of the official model zoo (`model_zoo/dinov3.md`, hub `tue-mps/<name>`): DINOv2's sizes,
+# K and L2 on the DINOv3 ViT (`DINOV3_FIELDS`). The 1280 rows are 1280x1280 (the official 1280 configs
+# set no `img_size`, so they run at 640 unless it is overridden).
+_DINOV3_SPECS: dict[str, tuple[str, int, str, str]] = {f"{row}_dinov3": _PRESET_SPECS[row] for row in (
+    "coco_panoptic_eomt_small_640", "coco_panoptic_eomt_base_640", "coco_panoptic_eomt_large_640",
+    "coco_panoptic_eomt_large_1280", "coco_instance_eomt_large_640", "coco_instance_eomt_large_1280",
+    "ade20k_semantic_eomt_large_512",
+)}
+DINOV3_FIELDS: dict[str, Any] = dict(backbone="dinov3", layer_norm_eps=1e-5)  # patch 16, 4 registers: defaults
+DINOV3_PRESET_NAMES: tuple[str, ...] = tuple(_DINOV3_SPECS)
+# Official hub ids spelled differently from their preset.
+PRESET_ALIASES: dict[str, str] = {"ade_semantic_eomt_large_512_dinov3": "ade20k_semantic_eomt_large_512_dinov3"}
+
 
 def preset(name: str) -> ModelConfig:
     """The `ModelConfig` of a named paper configuration, e.g. `coco_panoptic_eomt_large_640`.
 
-    Short names such as `eomt_large_640` resolve to the COCO panoptic row of that size.
+    Short names such as `eomt_large_640` resolve to the COCO panoptic row of that size; DINOv3
+    rows end in `_dinov3` (`DINOV3_PRESET_NAMES`; hub spellings in `PRESET_ALIASES` resolve too).
     """
     key = name.split("/")[-1]
-    if key not in _PRESET_SPECS and f"coco_panoptic_{key}" in _PRESET_SPECS:
+    key = PRESET_ALIASES.get(key, key)
+    known = {**_PRESET_SPECS, **_DINOV3_SPECS}
+    if key not in known and f"coco_panoptic_{key}" in known:
         key = f"coco_panoptic_{key}"
-    if key not in _PRESET_SPECS:
-        raise ConfigError(unknown("preset", name, PRESET_NAMES))
-    return _preset(key, *_PRESET_SPECS[key])
+    if key not in known:
+        raise ConfigError(unknown("preset", name, PRESET_NAMES + DINOV3_PRESET_NAMES))
+    fields = DINOV3_FIELDS if key in _DINOV3_SPECS else {}
+    return _preset(key, *known[key], **fields)
 
 
 def tiny_config(**overrides: Any) -> ModelConfig:

@@ -35,6 +35,7 @@ class TrainConfig:
     lr_reference_batch: int = 16
     weight_decay: float = 0.05
     llrd: float = 0.8
+    # False: the L2 query blocks get the full LR instead of the decay (official DINOv3 configs).
     llrd_l2_enabled: bool = True
     warmup_steps: tuple[int, int] = (500, 1000)  # heads alone, then the ViT
     # The same two warm-up stages as fractions of the total steps (overrides warmup_steps), so a

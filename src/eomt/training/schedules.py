@@ -186,6 +186,27 @@ def annealing_steps(
     return steps  # type: ignore[return-value]
 
 
+def windows_from_steps(
+    starts: Sequence[int], ends: Sequence[int], total_steps: int
+) -> list[tuple[Fraction, Fraction]]:
+    """Annealing windows given in absolute steps (the official configs'
+    `attn_mask_annealing_{start,end}_steps`) as exact fractions of `total_steps`, the form of
+    `TrainConfig.anneal_windows`; `annealing_steps(total_steps, ...)` gives the steps back.
+
+    E.g. the official DINOv3 L-640 windows (first block 0 -> 3000, during the warm-up) over 88692
+    steps: starts [0, 29564, 44346, 59128], ends [3000, 44346, 59128, 73910].
+    Raises ValueError when the lists differ in length, total_steps < 1 or a window is not
+    0 <= start <= end.
+    """
+    if len(starts) != len(ends) or total_steps < 1:
+        raise ValueError(f"windows: {len(starts)} starts, {len(ends)} ends over {total_steps} steps")
+    windows = [(Fraction(s, total_steps), Fraction(e, total_steps)) for s, e in zip(starts, ends)]
+    for i, (start, end) in enumerate(windows):
+        if not 0 <= start <= end:
+            raise ValueError(f"annealing window {i}: expected 0 <= start <= end, got ({starts[i]}, {ends[i]})")
+    return windows
+
+
 def mask_annealing_probs(
     step: int,
     total_steps: int,

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from eomt.config import ConfigError, ModelConfig
 from eomt.models.backbones.dinov2 import DINOv2
+from eomt.models.backbones.dinov3 import DINOv3
 
 @runtime_checkable
 class Backbone(Protocol):
@@ -51,7 +52,7 @@ class Backbone(Protocol):
 
 
 # Backbone families by name: each builds an `nn.Module` implementing `Backbone` from a ModelConfig.
-BACKBONES: dict[str, Callable[[ModelConfig], nn.Module]] = {"dinov2": DINOv2}
+BACKBONES: dict[str, Callable[[ModelConfig], nn.Module]] = {"dinov2": DINOv2, "dinov3": DINOv3}
 
 
 def build_backbone(config: ModelConfig) -> nn.Module:
@@ -67,4 +68,4 @@ def build_backbone(config: ModelConfig) -> nn.Module:
     return BACKBONES[name](config)
 
 
-__all__ = ["BACKBONES", "Backbone", "DINOv2", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "DINOv2", "DINOv3", "build_backbone"]
