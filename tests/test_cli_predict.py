@@ -155,3 +155,44 @@ def test_predict_runs_on_an_exported_onnx_file(tmp_path: Path, checkpoint: Path,
     out = tmp_path / "onnx_out"
     assert main(["predict", "--model", str(onnx_path), "--out", str(out), *map(str, files)]) == 0
     assert len(list(out.glob("*_overlay.png"))) == len(files)
+
+
+def test_user_trial_inputs_get_clear_answers(checkpoint: Path, images: Path, tmp_path: Path, capsys, caplog) -> None:
+    import logging
+
+    from eomt.inference.io import ImageReadError, load_image
+
+    one = str(images / "a.png")
+    out = tmp_path / "out"
+    # Inline category ids work as the help says; a file too.
+    assert main(["predict", one, "--model", str(checkpoint), "--out", str(out), "--category-ids", "[7,8,9,10,11]"]) == 0
+    doc = json.loads((out / "panoptic.json").read_text())
+    assert [c["id"] for c in doc["categories"]] == [7, 8, 9, 10, 11]
+    assert main(["predict", one, "--model", str(checkpoint), "--out", str(out), "--category-ids", "[1,2]"]) == 1
+    assert "--category-ids [1,2]: expected a JSON list of 5 integers" in capsys.readouterr().err
+    # An option that would be ignored is an error.
+    assert main(["predict", one, "--model", str(checkpoint), "--out", str(out), "--tile-overlap", "10"]) == 1
+    assert "--tile-overlap: 10 has no effect without --tile SIZE" in capsys.readouterr().err
+    # Reusing --out without --skip-existing says that the earlier results are replaced.
+    with caplog.at_level(logging.WARNING, logger="eomt"):
+        assert main(["predict", str(images / "b.jpg"), "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert "replacing the results of 1 image(s) of an earlier run" in caplog.text
+    # A 0..255 float tensor is refused instead of being read as white.
+    with pytest.raises(ImageReadError, match=r"float tensor values span \[0, 254\]; expected \[0, 1\]"):
+        load_image(torch.tensor([[[0.0, 254.0]]]).expand(3, 1, 2))
+
+
+def test_an_instance_overlay_says_how_many_it_leaves_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eomt.inference import visualize
+    from eomt.structures import InstanceResult
+
+    masks = torch.zeros(3, 20, 30, dtype=torch.bool)
+    masks[:, 5:10, 5:10] = True
+    image = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    result = InstanceResult(masks, torch.tensor([0, 1, 2]), torch.tensor([0.2, 0.3, 0.9]))
+    captured = []
+    original = visualize._with_legend
+    monkeypatch.setattr(visualize, "_with_legend",
+                        lambda picture, entries: captured.append([n for n, _ in entries]) or original(picture, entries))
+    visualize.overlay_instances(image, result, threshold=0.5)
+    assert captured == [["class 2", "(2 below score 0.5)"]]

@@ -58,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
     add_trust_pickle(parser)
-    parser.add_argument("--category-ids", type=Path, default=None,
-                        help="JSON list mapping class index -> dataset category id for the JSON outputs "
-                             "(default: the ids stored in the checkpoint, else the class index)")
+    parser.add_argument("--category-ids", default=None, metavar="JSON",
+                        help="class index -> dataset category id for the JSON outputs: a JSON list such as "
+                             "'[1,2,3]' or a file holding one (default: the ids stored in the checkpoint, "
+                             "else the class index)")
     parser.add_argument("--images-json", type=Path, default=None, metavar="JSON",
                         help="the dataset's COCO-style JSON when the inputs are its images: image ids are "
                              "taken from its \"images\" (matched by file_name); default: 1..N in input order")
@@ -89,6 +90,10 @@ def check_options(args: argparse.Namespace) -> None:
             f"--compile: unknown mode {args.compile!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
             + f" (expected --compile alone or one of: {', '.join(COMPILE_MODES)})"
         )
+    if args.tile_overlap is not None and args.tile is None:
+        raise OptionError(f"--tile-overlap: {args.tile_overlap} has no effect without --tile SIZE")
+    if args.tile is not None and args.tile < 1:
+        raise OptionError(f"--tile: {args.tile} must be >= 1 pixel")
     if args.out.exists() and not args.out.is_dir():
         raise OptionError(f"--out: {args.out} is a file; expected an output folder (created if missing)")
 
@@ -131,15 +136,17 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def _read_category_ids(path: Path | None, num_classes: int) -> list[int] | None:
-    if path is None:
+def _read_category_ids(value: str | None, num_classes: int) -> list[int] | None:
+    """--category-ids: an inline JSON list (starts with "[") or a file holding one."""
+    if value is None:
         return None
+    path = value if value.lstrip().startswith("[") else Path(value)
     try:
-        ids = json.loads(path.read_text())
+        ids = json.loads(path if isinstance(path, str) else path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read category ids: {e}") from None
+        raise InputError(f"--category-ids {value}: cannot read category ids: {e}") from None
     if not isinstance(ids, list) or len(ids) != num_classes or not all(isinstance(i, int) for i in ids):
-        raise InputError(f"{path}: expected a JSON list of {num_classes} integers (one per class)")
+        raise InputError(f"--category-ids {value}: expected a JSON list of {num_classes} integers (one per class)")
     return ids
 
 

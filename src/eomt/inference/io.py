@@ -115,7 +115,8 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = 
 
     Paths are read with `read_image` (files above `max_pixels` pixels are refused); PIL images
     and numpy arrays (H, W[, C]) are converted to RGB; tensors must be (3, H, W) or (H, W)
-    (grayscale) and keep their dtype if uint8 or float.
+    (grayscale) and keep their dtype if uint8 or float; float tensors must lie in [0, 1] (else
+    `ImageReadError`: a 0..255 float tensor would be read as saturated white).
     """
     if isinstance(image, (str, Path)):
         return read_image(image, max_pixels)
@@ -130,6 +131,11 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int | None = 
             raise ImageReadError(f"{name}: expected a (3, H, W) or (H, W) tensor, got {tuple(image.shape)}")
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
+        if image.is_floating_point() and image.numel():
+            low, high = float(image.min()), float(image.max())
+            if not (0.0 <= low and high <= 1.0):  # also catches NaN
+                raise ImageReadError(f"{name}: float tensor values span [{low:g}, {high:g}]; expected [0, 1] "
+                                     "(divide by 255, or pass a uint8 tensor)")
         if image.dtype == torch.uint8 or image.is_floating_point():
             return image
         raise ImageReadError(f"{name}: expected a uint8 or float tensor, got {image.dtype}")

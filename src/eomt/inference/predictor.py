@@ -178,6 +178,8 @@ class Predictor:
         self.top_k = top_k
         if tile is not None and tile < 1:
             raise OptionError(f"tile: {tile} must be >= 1 pixel (or None: no tiling)")
+        if tile is None and tile_overlap is not None:
+            raise OptionError(f"tile_overlap: {tile_overlap} has no effect without tile=SIZE")
         overlap = (tile // 4 if tile else 0) if tile_overlap is None else tile_overlap
         if tile is not None and not 0 <= overlap < tile:
             raise OptionError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")

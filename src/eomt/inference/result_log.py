@@ -113,6 +113,10 @@ class ResultLog:
             if kept != lines:  # drop the broken tail, so that new lines start on a line of their own
                 files.write_atomic(self.path, "".join(line + "\n" for line in kept))
         else:
+            if self.path.is_file() and self.path.stat().st_size:
+                earlier = sum(1 for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip())
+                log.warning("%s: replacing the results of %d image(s) of an earlier run in this folder "
+                            "(--skip-existing keeps them and adds to them)", self.path, earlier)
             files.write_atomic(self.path, "")
 
     def done(self, stem: str, source: str, settings: dict[str, Any], out: Path) -> bool:

@@ -213,6 +213,9 @@ def overlay_instances(
     picture = _blend(image, ids, colors, alpha)
     present = sorted(set(labels.tolist()))
     legend = [(_name(c, class_names), col) for c, col in zip(present, class_colors(present))]
+    hidden = len(result.scores) - len(shown)
+    if hidden:  # say what the picture leaves out, so an empty one is not read as "nothing found"
+        legend.append((f"({hidden} below score {threshold:g})", np.array([80, 80, 80], dtype=np.uint8)))
     return _with_legend(picture, legend)
 
 
