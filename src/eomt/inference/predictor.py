@@ -185,9 +185,7 @@ class Predictor:
             raise OptionError(f"tile_overlap: {overlap} must be >= 0 and smaller than the tile ({tile})")
         self.tile, self.tile_overlap = tile, overlap
         self.max_pixels = max_pixels
-        if mask_format not in postprocess.MASK_FORMATS:
-            raise OptionError(f"mask_format: unknown value {mask_format!r} "
-                             f"(expected one of: {', '.join(postprocess.MASK_FORMATS)})")
+        postprocess.check_mask_format(mask_format)
         self.mask_format = mask_format
         # Buffers of the restored logits, reused from call to call (`eomt.inference.restore`).
         self.workspace = Workspace()

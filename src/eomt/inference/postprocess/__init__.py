@@ -19,9 +19,9 @@ ids from 1 with 0 = void) and `instance_rule` (top-k over all (query, class) pai
 
 from __future__ import annotations
 
-from eomt.inference.postprocess.instance_rule import DENSE_MASK_BYTES, MASK_FORMATS, instance, use_rle
+from eomt.inference.postprocess.instance_rule import DENSE_MASK_BYTES, MASK_FORMATS, check_mask_format, instance, use_rle
 from eomt.inference.postprocess.panoptic_rule import panoptic
 from eomt.inference.postprocess.semantic_rule import semantic
 from eomt.inference.restore import Workspace
 
-__all__ = ["DENSE_MASK_BYTES", "MASK_FORMATS", "Workspace", "instance", "panoptic", "semantic", "use_rle"]
+__all__ = ["DENSE_MASK_BYTES", "MASK_FORMATS", "Workspace", "check_mask_format", "instance", "panoptic", "semantic", "use_rle"]

@@ -16,6 +16,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from eomt.errors import OptionError
 from eomt.inference.postprocess.blocks import column_sum, count_true, pixel_blocks
 from eomt.inference.restore import Workspace, is_large, restore_logits, restored_one_by_one
 from eomt.structures import ImageMeta, InstanceResult, RLEMasks
@@ -53,8 +54,7 @@ def instance(
     workspace: buffers for the restored logits, reused across calls (see `restore.Workspace`);
     None: fresh tensors, the same values.
     """
-    if mask_format not in MASK_FORMATS:
-        raise ValueError(f"mask_format: unknown value {mask_format!r} (expected one of: {', '.join(MASK_FORMATS)})")
+    check_mask_format(mask_format)
     probs = class_logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
     things = torch.ones(probs.shape[-1], dtype=torch.bool, device=probs.device)
     if len(stuff_classes):
@@ -75,16 +75,10 @@ def instance(
         labels = thing_ids[top_idx[i] % num_classes]
         # Upsample each distinct query once, then index the instances into it.
         uniq, inverse = torch.unique(queries, return_inverse=True)
-        if use_rle(mask_format, k, meta.original_size):
+        rle = use_rle(mask_format, k, meta.original_size)
+        if rle:
             rles, mask_scores = _rles_and_scores(mask_logits[i, uniq], meta)
-            scores = top_scores[i] * mask_scores[inverse]
-            keep = scores >= threshold
-            order = scores[keep].argsort(descending=True)
-            sel = keep.nonzero()[:, 0][order]
-            masks = RLEMasks([rles[r] for r in inverse[sel].tolist()], meta.original_size, mask_logits.device)
-            results.append(InstanceResult(masks, labels[sel], scores[sel]))
-            continue
-        if not is_large(uniq.numel(), meta.original_size):
+        elif not is_large(uniq.numel(), meta.original_size):
             logits = restore_logits(mask_logits[i, uniq], meta, workspace)  # (U, H, W)
             binary, mask_scores = _masks_and_scores(logits)  # (U, H, W) contiguous masks, (U,)
         else:
@@ -95,12 +89,22 @@ def instance(
         order = scores[keep].argsort(descending=True)
         sel = keep.nonzero()[:, 0][order]
         rows = inverse[sel]
+        if rle:
+            masks = RLEMasks([rles[r] for r in rows.tolist()], meta.original_size, mask_logits.device)
+            results.append(InstanceResult(masks, labels[sel], scores[sel]))
+            continue
         if binary.shape[0] > len(uniq):
             binary = _gather_rows_in_place(binary, rows)
         elif not torch.equal(rows, torch.arange(len(uniq), device=rows.device)):
             binary = binary[rows]  # a copy; skipped when the instances are the queries in order
         results.append(InstanceResult(binary, labels[sel], scores[sel]))
     return results
+
+
+def check_mask_format(mask_format: str) -> None:
+    """`OptionError` unless `mask_format` is one of `MASK_FORMATS`."""
+    if mask_format not in MASK_FORMATS:
+        raise OptionError(f"mask_format: unknown value {mask_format!r} (expected one of: {', '.join(MASK_FORMATS)})")
 
 
 def use_rle(mask_format: str, count: int, size: Sequence[int]) -> bool:
