@@ -12,6 +12,8 @@ import torch
 from eomt import EoMT
 from eomt.checkpoints import CheckpointError, load_model, save_model, save_transformers
 from eomt.checkpoints.hf_dinov3 import from_hf, to_hf
+from eomt.checkpoints.infer import preset_from_repo
+from eomt.checkpoints.pretrained import is_preset_name
 from eomt.cli import main
 from eomt.config import tiny_config
 from eomt.models.eomt import IMAGENET_MEAN, IMAGENET_STD
@@ -108,3 +110,21 @@ def test_own_format_and_convert(tmp_path: Path) -> None:
     assert main(args) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "eomt_dinov3"
     _assert_same(model, load_model(tmp_path / "hf"))
+
+
+def test_a_dinov3_preset_name_gives_random_weights(caplog: pytest.LogCaptureFixture) -> None:
+    model = EoMT.from_pretrained("coco_panoptic_eomt_small_640_dinov3")
+    assert model.config.backbone == "dinov3" and not model.training and not model.masked_attention_active
+    assert model.config.name == "coco_panoptic_eomt_small_640_dinov3"
+    assert "is a preset name" in caplog.text
+    # The official hub spelling of the ADE20K row is a preset name too (not a hub download).
+    assert is_preset_name("ade_semantic_eomt_large_512_dinov3") and preset_from_repo(
+        "tue-mps/ade_semantic_eomt_large_512_dinov3") == "ade20k_semantic_eomt_large_512_dinov3"
+
+
+def test_eomt_bench_runs_a_dinov3_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["bench", "--preset", "coco_panoptic_eomt_small_640_dinov3", "--img-size", "64", "96", "--iters", "1",
+            "--warmup", "0", "--json", str(tmp_path / "b.json")]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert "coco_panoptic_eomt_small_640_dinov3" in json.dumps(record)

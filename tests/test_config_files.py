@@ -11,7 +11,7 @@ import yaml
 from eomt.cli import main
 from eomt.commands.configs import format_listing
 from eomt.commands.data import _spec
-from eomt.config import DINOV3_PRESET_NAMES, PRESET_NAMES, ConfigError, load_experiment, preset
+from eomt.config import DINOV2_PRESET_NAMES, DINOV3_PRESET_NAMES, PRESET_NAMES, ConfigError, load_experiment, preset
 from eomt.config_files import bundled_configs, configs_dir, resolve_config, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_a_local_file_wins_over_the_bundled_one_of_the_same_path(tmp_path: Path,
     assert load_experiment("synthetic/panoptic").train.max_steps == 2000  # a name is the bundled one
 
 
-@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("name", DINOV2_PRESET_NAMES)
 def test_a_preset_resolves_to_the_bundled_config_that_reproduces_it(name: str) -> None:
     path = resolve_config(name)
     assert yaml.safe_load(path.read_text())["model"]["preset"] == name

@@ -18,7 +18,7 @@ import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from eomt.config.model import DINOV3_PRESET_NAMES, PRESET_ALIASES, PRESET_NAMES
+from eomt.config.presets import PRESET_ALIASES, PRESET_NAMES
 from eomt.config.parse import ConfigError
 
 _SUFFIXES = (".yaml", ".yml")
@@ -47,7 +47,7 @@ def preset_configs() -> dict[str, str]:
     `coco_panoptic_eomt_large_640` is reproduced by `coco/panoptic/eomt_large_640`.
     """
     by_key = {name.replace("/", "_"): name for name in bundled_configs()}
-    return {p: by_key[p] for p in PRESET_NAMES + DINOV3_PRESET_NAMES if p in by_key}
+    return {p: by_key[p] for p in PRESET_NAMES if p in by_key}
 
 
 def bundled_name(source: str | Path) -> str | None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from eomt.config import DINOV3_PRESET_NAMES, PRESET_NAMES, ConfigError, load_experiment, preset, tiny_config
-from eomt.config.model import PRESET_ALIASES
+from eomt.config import DINOV2_PRESET_NAMES, DINOV3_PRESET_NAMES, PRESET_NAMES, ConfigError, load_experiment, preset, tiny_config
+from eomt.config.presets import PRESET_ALIASES
 from eomt.config_files import bundled_configs, resolve_config, summary
 from eomt.models import EoMT
 from eomt.training.module import EoMTModule
@@ -45,7 +45,8 @@ HUB_BACKBONES = {"vits16": (384, 12, 6, 1536), "vitb16": (768, 12, 12, 3072), "v
 
 def test_the_dinov3_presets_are_the_official_rows() -> None:
     assert DINOV3_PRESET_NAMES == tuple(row[1] for row in ROWS)
-    assert not set(DINOV3_PRESET_NAMES) & set(PRESET_NAMES)
+    assert not set(DINOV3_PRESET_NAMES) & set(DINOV2_PRESET_NAMES)
+    assert PRESET_NAMES == DINOV2_PRESET_NAMES + DINOV3_PRESET_NAMES
     for _, name, _, hub, l2, queries, size, _, _ in ROWS:
         cfg = preset(name)
         hidden, depth, heads, _ = HUB_BACKBONES[hub]
@@ -159,7 +160,7 @@ def test_the_ade20k_recipe_has_no_layer_wise_decay() -> None:
     assert all(g["initial_lr"] == pytest.approx(lr) for g in groups)
 
 
-@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("name", DINOV2_PRESET_NAMES)
 def test_the_dinov2_configs_keep_the_dinov2_recipe(name: str) -> None:
     cfg = load_experiment(name)
     assert (cfg.model.backbone, cfg.model.layer_norm_eps) == ("dinov2", 1e-6)

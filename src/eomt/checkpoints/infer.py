@@ -13,7 +13,8 @@ import re
 
 from eomt.checkpoints.fit import grid_examples, token_grid
 from eomt.checkpoints.io import CheckpointError, StateDict
-from eomt.config import PRESET_NAMES, SIZES, ModelConfig, preset
+from eomt.checkpoints.official_dinov3 import infer_dinov3_config, is_dinov3_eomt
+from eomt.config import PRESET_ALIASES, PRESET_NAMES, SIZES, ModelConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,12 @@ def infer_config(sd: StateDict, name: str, img_size: tuple[int, int] | None = No
 
     The stored token grid is square when the position embedding's token count is a square;
     otherwise `img_size` (H, W) must name it (its patch grid has that count). A count that neither
-    explains raises `CheckpointError` with image sizes that would.
+    explains raises `CheckpointError` with image sizes that would. A DINOv3 state dict (RoPE: no
+    position table, so no grid in the weights) goes to `official_dinov3.infer_dinov3_config`, whose
+    input size is `img_size` or 640.
     """
+    if is_dinov3_eomt(sd):
+        return infer_dinov3_config(sd, name, img_size)
     needed = ("backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.weight", "q.weight",
               "class_head.weight", "backbone.blocks.0.mlp.fc1.weight", "backbone.blocks.0.mlp.fc2.weight")
     absent = [k for k in needed if k not in sd]
@@ -103,14 +108,16 @@ def with_label_space(cfg: ModelConfig, hint: str | None = None) -> ModelConfig:
 
 
 def preset_from_repo(repo_id: str) -> str | None:
-    """The preset name a hub repo id ends with (`tue-mps/coco_panoptic_eomt_large_640`), if any."""
+    """The preset name a hub repo id ends with (`tue-mps/coco_panoptic_eomt_large_640`, a DINOv3 row
+    `..._dinov3` or its hub spelling in `PRESET_ALIASES`), if any."""
     base = repo_id.rstrip("/").split("/")[-1]
+    base = PRESET_ALIASES.get(base, base)
     return base if base in PRESET_NAMES else None
 
 
 def _architecture(c: ModelConfig) -> tuple:
-    return (c.embed_dim, c.depth, c.swiglu, c.patch_size, tuple(c.img_size), c.num_register_tokens,
-            c.num_queries, c.num_blocks, c.num_classes)
+    return (c.backbone, c.embed_dim, c.depth, c.swiglu, c.gated_mlp, c.patch_size, tuple(c.img_size),
+            c.num_register_tokens, c.num_queries, c.num_blocks, c.num_classes)
 
 
 def _presets() -> list[ModelConfig]:

@@ -35,7 +35,7 @@ from eomt.checkpoints.dinov2 import unwrap
 from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict
 from eomt.checkpoints.source import read_weights
 from eomt.config import DINOV3_PRESET_NAMES, ModelConfig
-from eomt.config.model import PRESET_ALIASES
+from eomt.config.presets import PRESET_ALIASES
 from eomt.config import preset as get_preset
 from eomt.models.eomt import IMAGENET_MEAN, IMAGENET_STD
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_listing() -> str:
     """The bundled configs (name, task, input size, what each is for) and the presets, as aligned rows."""
-    from eomt.config import DINOV3_PRESET_NAMES, PRESET_NAMES, load_experiment, preset
+    from eomt.config import PRESET_NAMES, load_experiment, preset
     from eomt.config_files import bundled_configs, preset_configs, summary
 
     configs = bundled_configs()
@@ -45,7 +45,7 @@ def format_listing() -> str:
         lines.append(f"  {name:<{width}}  {model.task:<9} {model.img_size[0]:>4}px  {summary(path)}")
     lines += ["", "Presets (networks; as a config argument, the bundled config that reproduces it):"]
     reproduced_by = preset_configs()
-    for name in PRESET_NAMES + DINOV3_PRESET_NAMES:
+    for name in PRESET_NAMES:
         cfg = preset(name)
         config = reproduced_by.get(name, "no bundled config")
         lines.append(

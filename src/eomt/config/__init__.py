@@ -4,7 +4,8 @@ Config is data. A preset is a fully specified `ModelConfig`; YAML files and `key
 only change fields of a preset, and an unknown key is an error that suggests the closest field.
 
 - `parse`: building a dataclass from plain data, coercing each value from the field's type hint;
-- `model`: `ModelConfig`, its `LabelSpace`, backbone sizes, presets;
+- `model`: `ModelConfig`, its `LabelSpace`, backbone sizes;
+- `presets`: the paper's configurations by name (DINOv2 and DINOv3 rows);
 - `train`: `TrainConfig`, the recipe;
 - `experiment`: `DataConfig`, `ExperimentConfig`, overrides, `load_experiment`;
 - `precision`: the one table of numeric precisions and their names in each vocabulary.
@@ -21,15 +22,12 @@ from eomt.config.experiment import (
     deprecated_keys,
     load_experiment,
 )
-from eomt.config.model import (
+from eomt.config.model import LABEL_KEYS, SIZES, TASKS, LabelSpace, ModelConfig, check_labels
+from eomt.config.presets import (
+    DINOV2_PRESET_NAMES,
     DINOV3_PRESET_NAMES,
-    LABEL_KEYS,
+    PRESET_ALIASES,
     PRESET_NAMES,
-    SIZES,
-    TASKS,
-    LabelSpace,
-    ModelConfig,
-    check_labels,
     preset,
     tiny_config,
 )
@@ -37,7 +35,7 @@ from eomt.config.parse import ConfigError, coerce, from_dict, parse_value
 from eomt.config.train import PRECISIONS, TrainConfig, parse_devices
 
 __all__ = [
-    "DINOV3_PRESET_NAMES", "LABEL_KEYS", "PRECISIONS", "PRESET_NAMES", "RENAMED", "SIZES", "TASKS", "ConfigError", "DataConfig",
+    "DINOV2_PRESET_NAMES", "DINOV3_PRESET_NAMES", "LABEL_KEYS", "PRECISIONS", "PRESET_ALIASES", "PRESET_NAMES", "RENAMED", "SIZES", "TASKS", "ConfigError", "DataConfig",
     "ExperimentConfig", "LabelSpace", "ModelConfig", "TrainConfig", "apply_overrides", "check_labels", "coerce",
     "deprecated_keys", "from_dict", "load_experiment", "parse_devices", "parse_value", "precision", "preset",
     "tiny_config",

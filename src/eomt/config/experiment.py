@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from eomt.config.model import LABEL_KEYS, LabelSpace, ModelConfig, preset
+from eomt.config.model import LABEL_KEYS, LabelSpace, ModelConfig
+from eomt.config.presets import preset
 from eomt.config.parse import ConfigError, from_dict, parse_value, unknown
 from eomt.config.train import TrainConfig
 from eomt.config_files import resolve_config
