@@ -10,6 +10,9 @@
 - `init_from(network, source)`: start training from an EoMT checkpoint (another label space: all
   but the class head) or DINOv2 backbone weights, recognised from the file; `InitReport` says what.
 - `load_dinov2_backbone(model, source)`: DINOv2 weights (timm or torch-hub) into the backbone alone.
+- `load_video_model(source)` / `save_video_model(model, path)` / `save_video_transformers(model, folder)`:
+  VidEoMT (ours, transformers `VideomtForUniversalSegmentation`, the official release, or any image
+  EoMT checkpoint with a new propagation layer); see `checkpoints.videomt`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from eomt.checkpoints.loader import load_model
 from eomt.checkpoints.native import read_metadata, save_model
 from eomt.checkpoints.official import to_official_state_dict
 from eomt.checkpoints.pretrained import load_pretrained
+from eomt.checkpoints.videomt import load_video_model, save_video_model, save_video_transformers
 from eomt.models.eomt import EoMT, register_pretrained_loader
 
 register_pretrained_loader(load_pretrained)  # EoMT.from_pretrained: the dependency points here
@@ -51,10 +55,13 @@ __all__ = [
     "load_dinov2_backbone",
     "load_model",
     "load_pretrained",
+    "load_video_model",
     "read_metadata",
     "resample_patch_embed",
     "save_model",
     "save_official",
     "save_transformers",
+    "save_video_model",
+    "save_video_transformers",
     "to_official_state_dict",
 ]

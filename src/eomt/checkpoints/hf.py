@@ -132,6 +132,9 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
     if hf_dinov3.is_dinov3_config(d):  # EomtDinov3Config: its own fields translated, the rest shared
         d = hf_dinov3.as_eomt_config(d, name)
     model_type = d.get("model_type", "eomt")
+    if model_type == "videomt":
+        raise CheckpointError(f"{name}: a transformers VidEoMT (video) model; load it with "
+                              "eomt.checkpoints.load_video_model")
     if model_type != "eomt":
         raise CheckpointError(f"{name}: model_type {model_type!r} is not supported (expected 'eomt')")
     if d.get("hidden_act", "gelu") != "gelu" or d.get("num_channels", 3) != 3:

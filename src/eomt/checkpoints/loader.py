@@ -171,6 +171,9 @@ def read_source(source: str | Path, trust_pickle: bool = False) -> Source:
     """
     obj, meta, file = read_weights(source, trust_pickle)  # a folder's weight file, a hub snapshot's
     if is_native(meta):
+        if meta.get("eomt_model", "eomt") != "eomt":  # `checkpoints.videomt` writes "videomt"
+            raise CheckpointError(f"{file}: a VidEoMT (video) model; load it with "
+                                  "eomt.checkpoints.load_video_model")
         cfg, _ = config_from_metadata(meta, str(file))
         return Source(str(file), "eomt checkpoint", obj, cfg)
     return _classify(as_state_dict(dinov2.unwrap(obj), file), str(file), folder=file.parent, ckpt=obj)
