@@ -65,6 +65,17 @@ def test_onnx_dynamo_exporter_matches_pytorch(model: EoMT, tmp_path) -> None:
     _assert_close(net(x), _eager(model, x), atol=1e-3)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="onnxscript not installed")
+@pytest.mark.parametrize("family", [dict(backbone="dinov3", layer_norm_eps=1e-5), dict(swiglu=True)])
+def test_onnx_dynamo_graphs_of_every_block_kind_load_at_the_default_opset(family: dict, tmp_path) -> None:
+    """DINOv3 (RoPE halves) and SwiGLU (packed halves) blocks: no opset-18 op in the default opset-17 graph."""
+    model = EoMT(tiny_config(**family)).eval()
+    model.set_attn_mask_probs([0.0, 0.0])
+    path = export_model(model, tmp_path / "net.onnx", onnx_exporter="dynamo")
+    x = torch.rand(1, 3, 64, 64)
+    _assert_close(load_exported(path)(x), _eager(model, x), atol=1e-3)
+
+
 @pytest.mark.parametrize("probs", [[1.0, 1.0], [0.0, 0.5]])
 def test_export_refuses_active_masked_attention(tmp_path, probs: list[float]) -> None:
     model = _model(probs)
