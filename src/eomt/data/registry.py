@@ -10,6 +10,9 @@ Users' own data (paths relative to `root`; "{split}" is replaced by the split):
   semantic_folder      images="images/{split}", labels="labels/{split}", classes="classes.txt",
                        ignore_index=255
   synthetic            no files: num_images, size, seed (default: one per split), max_things
+  ytvis                annotations="{split}.json" (or a zip holding it), images="{split}" (folder or zip)
+  synthetic_video      no files: num_videos, size, video_length, clip_length (None outside "train": whole
+                       videos), seed, max_things, sampling, frame_range
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ DATASET_FORMATS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
     "semantic_folder": (("semantic",), "eomt.data.user:SemanticFolder",
                         {"images": "images/{split}", "labels": "labels/{split}", "classes": "classes.txt"}),
     "synthetic": (("panoptic", "instance", "semantic"), "eomt.data.synthetic:SyntheticScenes", {}),
+    "ytvis": (("instance",), "eomt.data.ytvis:YouTubeVIS", {"annotations": "{split}.json", "images": "{split}"}),
+    "synthetic_video": (("instance", "panoptic"), "eomt.data.video_synthetic:SyntheticVideos", {}),
 }
 _SYNTHETIC_SIZES = {"train": 512, "val": 64, "test": 64}
 
@@ -93,8 +98,8 @@ def build_dataset(name_or_format: str, root: str | Path = ".", split: str = "tra
         raise ConfigError(f"dataset {name}: task {task!r} not supported; it serves {', '.join(tasks)}")
     cls = _import(target)
     params = [p for p in inspect.signature(cls).parameters if p not in ("root", "split", "self")]
-    if name == "synthetic":
-        return _build_synthetic(cls, split, task or "panoptic", params, dict(options))
+    if name in ("synthetic", "synthetic_video"):
+        return _build_synthetic(cls, name, split, task or tasks[0], params, dict(options))
     _check_options(name, options, params)
     if not paths:
         return cls(root, split, **options)
@@ -104,10 +109,12 @@ def build_dataset(name_or_format: str, root: str | Path = ".", split: str = "tra
     return cls(**options)
 
 
-def _build_synthetic(cls: Any, split: str, task: str, params: list[str], options: dict[str, Any]) -> Any:
+def _build_synthetic(cls: Any, name: str, split: str, task: str, params: list[str], options: dict[str, Any]) -> Any:
     transform = options.pop("transform", None)
-    _check_options("synthetic", options, [p for p in params if p != "task"] + ["transform"])
-    options.setdefault("num_images", _SYNTHETIC_SIZES.get(split, 64))
+    _check_options(name, options, [p for p in params if p != "task"] + ["transform"])
+    options.setdefault("num_images" if name == "synthetic" else "num_videos", _SYNTHETIC_SIZES.get(split, 64))
+    if name == "synthetic_video" and split != "train":
+        options.setdefault("clip_length", None)  # evaluation sees whole videos
     options.setdefault("seed", zlib.crc32(split.encode()) % 2**31)  # train and val differ, reproducibly
     dataset = cls(task=task, **options)
     return _Transformed(dataset, transform) if transform is not None else dataset
