@@ -40,10 +40,14 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.1, 2.0)  # large-scale jitter; semantic: (0.5, 2.0)
     color_jitter: bool = False
     options: tuple[tuple[str, Any], ...] = ()  # dataset-specific keyword arguments
+    # 0: images (EoMT). T >= 1: clips of T frames, which train a VidEoMT (official recipe: 5).
+    clip_length: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size: {self.batch_size} must be >= 1")
+        if self.clip_length < 0:
+            raise ConfigError(f"data.clip_length: {self.clip_length} must be >= 0 (0 = images, T = clips of T frames)")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"data.scale_range: {self.scale_range} must satisfy 0 < min <= max")

@@ -15,6 +15,12 @@ EoMT, the query-propagation linear `query_updater` (D -> D, with bias):
 - each frame is predicted by the image model's mask module on the normed tokens, so query k of
   every frame is one object: the query index is the track identity.
 
+Training (`forward(clip, per_block=True)`) adds the official auxiliary predictions: on every frame,
+one at the input of each query block (block 0's input: the starting queries joined to the frame's
+tokens), made by the same mask module on the tokens *as they enter the block, not normed* (the
+official `segmenter` calls `_predict(x_frame)`; normed by the final norm only with `norm_queries`).
+The image model predicts on normed tokens there instead; the final prediction is normed in both.
+
 Nothing but the previous frame's queries is remembered, so a video can be run in one call
 (`forward(clip)`), in chunks, or one frame at a time (`step`), carrying a `VideoState`.
 """
@@ -48,12 +54,17 @@ class VideoOutput(NamedTuple):
     class_logits (B, T, K, C+1), mask_logits (B, T, K, H/4, W/4); queries (B, T, K, D): the output
     query tokens of each frame, the ones propagated (before the final norm unless `norm_queries`);
     state: the `VideoState` after the last frame, to continue the video with.
+    mask_logits_per_block / class_logits_per_block (`forward(..., per_block=True)` only, else
+    None): one (B, T, K, H/4, W/4) / (B, T, K, C+1) tensor per query block, the prediction at
+    that block's input (module docstring), first block first.
     """
 
     class_logits: Tensor
     mask_logits: Tensor
     queries: Tensor
     state: VideoState
+    mask_logits_per_block: tuple[Tensor, ...] | None = None
+    class_logits_per_block: tuple[Tensor, ...] | None = None
 
 
 class FrameOutput(NamedTuple):
@@ -99,8 +110,11 @@ class VidEoMT(nn.Module):
         return VideoState()
 
     # ------------------------------------------------------------------ forward
-    def forward(self, clip: Tensor, state: VideoState | None = None) -> VideoOutput:
+    def forward(self, clip: Tensor, state: VideoState | None = None, per_block: bool = False) -> VideoOutput:
         """Clip (B, T, 3, H, W) -> `VideoOutput`; `state` continues a video from an earlier call.
+
+        per_block: also return the prediction at each query block's input on every frame (the
+        auxiliary losses of training); the final predictions are the same either way.
 
         Raises ValueError for a tensor of another shape (the message names the expected one), for
         a state of another batch size, and when the image model has token merging switched on.
@@ -121,8 +135,9 @@ class VidEoMT(nn.Module):
         tokens = tokens.unflatten(0, (b, t))  # (B, T, P+N, D)
         queries = state.queries
         normed, outputs = [], []
+        block_inputs: list[list[Tensor]] | None = [] if per_block else None
         for i in range(t):  # in order: frame i starts from frame i-1's queries
-            x = self._query_blocks(tokens[:, i], queries, inputs)  # (B, K+P+N, D)
+            x = self._query_blocks(tokens[:, i], queries, inputs, block_inputs)  # (B, K+P+N, D)
             y = self.eomt.backbone.norm(x)
             out = (y if self.norm_queries else x)[:, : self.config.num_queries]  # (B, K, D)
             queries = self.query_updater(out) + self.eomt.q.weight.to(out.dtype)
@@ -131,12 +146,35 @@ class VidEoMT(nn.Module):
         # One mask-module call for all frames (the upscale convolutions batch over B*T).
         normed_all = torch.stack(normed, dim=1).flatten(0, 1)  # (B*T, K+P+N, D)
         mask_logits, class_logits = self.eomt._predict(normed_all, grid)
+        masks_per_block = classes_per_block = None
+        if block_inputs is not None:
+            masks_per_block, classes_per_block = self._block_predictions(block_inputs, b, t, grid)
         return VideoOutput(
             class_logits.unflatten(0, (b, t)),  # (B, T, K, C+1)
             mask_logits.unflatten(0, (b, t)),  # (B, T, K, H/4, W/4)
             torch.stack(outputs, dim=1),  # (B, T, K, D)
             VideoState(queries, state.frame + t),
+            masks_per_block,
+            classes_per_block,
         )
+
+    def _block_predictions(
+        self, block_inputs: list[list[Tensor]], b: int, t: int, grid: tuple[int, int]
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """The mask module on each query block's input tokens, all frames of a block in one call.
+
+        block_inputs[i][j]: frame i's tokens (B, K+P+N, D) entering query block j, not normed.
+        Returns per block (B, T, K, H/4, W/4) mask and (B, T, K, C+1) class logits.
+        """
+        masks, classes = [], []
+        for j in range(len(block_inputs[0])):
+            x = torch.stack([frame[j] for frame in block_inputs], dim=1).flatten(0, 1)  # (B*T, K+P+N, D)
+            if self.norm_queries:
+                x = self.eomt.backbone.norm(x)
+            mask_logits, class_logits = self.eomt._predict(x, grid)
+            masks.append(mask_logits.unflatten(0, (b, t)))  # (B, T, K, H/4, W/4)
+            classes.append(class_logits.unflatten(0, (b, t)))  # (B, T, K, C+1)
+        return tuple(masks), tuple(classes)
 
     def step(self, frame: Tensor, state: VideoState | None = None) -> tuple[FrameOutput, VideoState]:
         """One frame (B, 3, H, W) -> (`FrameOutput`, the state for the next frame).
@@ -163,15 +201,24 @@ class VidEoMT(nn.Module):
             x = self._run(block, x, inputs)
         return x, grid, inputs
 
-    def _query_blocks(self, tokens: Tensor, queries: Tensor | None, inputs: dict[str, Tensor]) -> Tensor:
+    def _query_blocks(
+        self, tokens: Tensor, queries: Tensor | None, inputs: dict[str, Tensor],
+        block_inputs: list[list[Tensor]] | None = None,
+    ) -> Tensor:
         """One frame's tokens (B, P+N, D) and its starting queries (B, K, D; None: the learned ones)
-        through the query blocks -> (B, K+P+N, D), before the final norm."""
+        through the query blocks -> (B, K+P+N, D), before the final norm. `block_inputs`, when
+        given, gets the list of the tokens entering each query block (for `_block_predictions`)."""
         q = self.eomt.q.weight.to(tokens.dtype)
         if queries is None:
             queries = q[None].expand(tokens.shape[0], -1, -1)  # (B, K, D)
         x = torch.cat([queries.to(tokens.dtype), tokens], dim=1)
+        seen: list[Tensor] = []  # kept only for training's per-block predictions
         for block in self.eomt.backbone.blocks[self.config.depth - self.config.num_blocks :]:
+            if block_inputs is not None:
+                seen.append(x)
             x = self._run(block, x, inputs)
+        if block_inputs is not None:
+            block_inputs.append(seen)
         return x
 
     def _run(self, block: nn.Module, x: Tensor, inputs: dict[str, Tensor]) -> Tensor:

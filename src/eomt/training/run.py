@@ -89,6 +89,10 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     """
     from eomt.training import preflight, rerun
 
+    if cfg.data.clip_length > 0:  # clips: a VidEoMT (eomt.training.video_module)
+        from eomt.training.video_module import train_video
+
+        return train_video(cfg, progress=progress, trust_pickle=trust_pickle)
     t = cfg.train
     out = Path(t.out_dir)
     pl.seed_everything(t.seed, workers=False, verbose=False)
