@@ -36,6 +36,8 @@ def add_common_args(p: argparse.ArgumentParser, default_preset: str = "coco_pano
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: the preset's); must be square for the transformers twin")
     p.add_argument("--batch", type=int, default=1, help="images per forward (default: 1)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: both implementations run there (default: cpu)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed calls (default: 10)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -44,47 +46,74 @@ def add_common_args(p: argparse.ArgumentParser, default_preset: str = "coco_pano
                    help="where to write the JSON record (default: benchmarks/results/<script>_<preset>.json)")
 
 
-def setup(args: argparse.Namespace) -> None:
-    """Logging, threads and seed from the common arguments."""
+def setup(args: argparse.Namespace, script: str) -> torch.device:
+    """Logging, threads and seed from the common arguments; returns the checked `--device`.
+
+    A device that is unknown or absent (`cuda` without CUDA) ends the script with one line on
+    stderr naming the option and exit status 1, before any model is built.
+    """
+    from eomt.errors import OptionError
+    from eomt.inference.predictor import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except OptionError as e:
+        raise SystemExit(f"{script}: error: --{e}") from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queue (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+TINY = {"tiny": {}, "tiny_dinov3": {"backbone": "dinov3", "layer_norm_eps": 1e-5}}  # test configs
 
 
 def build_config(name: str, img_size: tuple[int, int] | None = None) -> ModelConfig:
-    """A preset's `ModelConfig` ('tiny' = the test config), optionally at another input size."""
-    cfg = tiny_config() if name == "tiny" else preset(name)
+    """A preset's `ModelConfig` ('tiny' / 'tiny_dinov3' = the test configs), optionally at another
+    input size."""
+    cfg = tiny_config(**TINY[name]) if name in TINY else preset(name)
     return cfg.replace(img_size=tuple(img_size)) if img_size else cfg
 
 
 def build_model(cfg: ModelConfig, attn_mask_probs: float = 0.0) -> EoMT:
     """A randomly initialised EoMT in eval mode with every `attn_mask_probs` set to one value.
 
-    The LayerScale gammas are set to 1 (as in a trained DINOv2) instead of the 1e-5 initialisation,
-    so that the blocks are not near-identities and every op sees realistic magnitudes.
+    The LayerScale factors (DINOv2 `ls*.gamma`, DINOv3 `layer_scale*.lambda1`) are set to 1 (as in
+    a trained backbone) instead of the 1e-5 initialisation, so that the blocks are not
+    near-identities and every op sees realistic magnitudes.
     """
     model = EoMT(cfg).eval()
     model.set_attn_mask_probs([attn_mask_probs] * cfg.num_blocks)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("ls1.gamma", "ls2.gamma")):
+            if name.endswith(("ls1.gamma", "ls2.gamma", "layer_scale1.lambda1", "layer_scale2.lambda1")):
                 p.fill_(1.0)
     return model
 
 
 def hf_twin(model: EoMT, attn_mask_probs: float | None = None) -> nn.Module:
-    """transformers' `EomtForUniversalSegmentation` with the same weights (via `save_transformers`).
+    """transformers' `EomtForUniversalSegmentation` (`EomtDinov3ForUniversalSegmentation` for a
+    DINOv3 backbone) with the same weights, via `save_transformers`, on the model's device.
 
     Its input is ImageNet-normalised pixels (see `normalize`); ours takes [0, 1] images.
     """
-    from transformers import EomtForUniversalSegmentation
+    import transformers
 
     from eomt.checkpoints import save_transformers
 
+    dinov3 = model.config.backbone == "dinov3"
+    cls = transformers.EomtDinov3ForUniversalSegmentation if dinov3 else transformers.EomtForUniversalSegmentation
     with tempfile.TemporaryDirectory() as tmp:
         save_transformers(model, tmp)
-        hf = EomtForUniversalSegmentation.from_pretrained(tmp, attn_implementation="sdpa").eval()
+        hf = cls.from_pretrained(tmp, attn_implementation="sdpa").eval()
+    hf = hf.to(next(model.parameters()).device)
     if attn_mask_probs is not None:
         with torch.no_grad():
             hf.attn_mask_probs.fill_(attn_mask_probs)
@@ -202,19 +231,28 @@ def default_json(script: str, preset_name: str) -> Path:
     return RESULTS_DIR / f"{script}_{preset_name}.json"
 
 
-def profile_top_ops(fn: Callable[[], Any], n: int = 12, runs: int = 2) -> list[dict[str, Any]]:
-    """torch.profiler CPU self-time of `fn` by operator: the top `n`, ms per call and share."""
+def profile_top_ops(fn: Callable[[], Any], n: int = 12, runs: int = 2,
+                    device: torch.device | None = None) -> list[dict[str, Any]]:
+    """torch.profiler self time of `fn` by operator: the top `n`, ms per call and share.
+
+    CPU self time; on a CUDA `device` the kernels' self device time (the queue is drained first).
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device is not None and device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         for _ in range(runs):
             fn()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
     return [
-        {"op": e.key, "self_ms_per_call": round(e.self_cpu_time_total / 1e3 / runs, 2),
-         "share": round(e.self_cpu_time_total / total, 3), "calls": e.count // runs}
+        {"op": e.key, "self_ms_per_call": round(getattr(e, key) / 1e3 / runs, 2),
+         "share": round(getattr(e, key) / total, 3), "calls": e.count // runs}
         for e in events[:n]
     ]
 

@@ -11,7 +11,13 @@ the random network's own mask logits instead, the worst case for the post-proces
 attn_mask_probs = 0 (an annealed model). All rows are timed round-robin so that load drift on a
 shared machine hits them alike. Prints a table and writes JSON.
 
+--device cuda (or cuda:N) runs both implementations on that GPU (transformers in fp32 and bf16 by
+default), synchronises the queue around every timed call, records each row's peak CUDA memory, and
+for the presets with GPU targets (`gpu_targets.py`) adds the target rows and a verdict table.
+A DINOv3 preset (`..._dinov3`, or `tiny_dinov3`) compares with `EomtDinov3ForUniversalSegmentation`.
+
     python benchmarks/inference.py --preset coco_panoptic_eomt_small_640 --precisions fp32,bf16
+    python benchmarks/inference.py --device cuda --preset coco_panoptic_eomt_large_640 --batch 4
 """
 
 from __future__ import annotations
@@ -25,14 +31,9 @@ from typing import Any, Callable
 import torch
 
 import common
-from eomt.benchmark import environment_info, time_round_robin
-
-TARGETS = {  # EoMT-S at 640, batch 1, 2-core CPU
-    "ours_fp32 / hf_fp32 (network)": 1.0,
-    "ours_bf16 / hf_fp32 (network)": 0.4,
-    "ours / hf (panoptic post-processing)": 0.3,
-    "ours / hf (end-to-end bf16)": 0.4,
-}
+import gpu_targets
+from inference_report import precision_errors, ratios, report
+from eomt.benchmark import PeakMemory, environment_info, time_round_robin
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_common_args(p)
     p.add_argument("--precisions", default="fp32,bf16,bf16-autocast",
                    help=f"our precisions, comma-separated from {', '.join(common.PRECISIONS)}")
-    p.add_argument("--hf-precisions", default="fp32", help="transformers' precisions (default: fp32)")
+    p.add_argument("--hf-precisions", default=None,
+                   help="transformers' precisions (default: fp32; fp32,bf16 on CUDA)")
     p.add_argument("--modes", default="eager", help="eager and/or compile, comma-separated (default: eager)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--no-postprocess", action="store_true", help="skip the post-processing rows")
@@ -49,7 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--confident", type=float, default=0.5,
                    help="fraction of queries whose class score passes 0.8 (default: 0.5)")
     p.add_argument("--profile", action="store_true", help="record torch.profiler top ops of the eager forwards")
-    return p.parse_args(argv)
+    p.add_argument("--no-targets", action="store_true", help="skip the GPU target rows on CUDA")
+    args = p.parse_args(argv)
+    if args.hf_precisions is None:
+        args.hf_precisions = "fp32,bf16" if args.device.startswith("cuda") else "fp32"
+    return args
 
 
 def network_fns(args: argparse.Namespace, model: Any, hf: Any, x: torch.Tensor) -> tuple[dict, dict]:
@@ -72,7 +78,7 @@ def network_fns(args: argparse.Namespace, model: Any, hf: Any, x: torch.Tensor) 
                 fn = call(net, inp)
 
                 def run(fn: Callable = fn, prec: common.Precision = prec) -> Any:
-                    with torch.inference_mode(), prec.context():
+                    with torch.inference_mode(), prec.context(x.device.type):
                         return fn()
 
                 name = f"{impl} {prec_name} {mode}"
@@ -81,9 +87,10 @@ def network_fns(args: argparse.Namespace, model: Any, hf: Any, x: torch.Tensor) 
     return fns, meta
 
 
-def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta: dict) -> tuple[dict, dict, dict]:
+def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta: dict,
+                    device: torch.device) -> tuple[dict, dict, dict]:
     """Post-processing rows, end-to-end rows (every eager network row + its post-processing), and a
-    check that ours and transformers agree."""
+    check that ours and transformers agree; all on `device`."""
     try:
         from eomt.inference.postprocess import Workspace, instance, panoptic
         from eomt.inference.preprocess import scaled_size_longest
@@ -95,8 +102,8 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
     b, q = args.batch, cfg.num_queries
     h, w = cfg.img_size
     gen = torch.Generator().manual_seed(args.seed)
-    cls_logits = common.crafted_class_logits(b, q, cfg.num_classes, args.confident, gen)
-    mask_logits = common.crafted_mask_logits(b, q, (h // 4, w // 4), gen)
+    cls_logits = common.crafted_class_logits(b, q, cfg.num_classes, args.confident, gen).to(device)
+    mask_logits = common.crafted_mask_logits(b, q, (h // 4, w // 4), gen).to(device)
     orig = tuple(args.original_size)
     metas = [ImageMeta(orig, scaled_size_longest(*orig, (h, w)), (h, w))] * b
     stuff = list(cfg.stuff_classes)
@@ -124,9 +131,28 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
             out = EomtForUniversalSegmentationOutput(masks_queries_logits=masks, class_queries_logits=cls_logits)
             return processor.post_process_panoptic_segmentation(out, target_sizes=[orig] * b, stuff_classes=stuff)
 
+        def hf_instance() -> Any:
+            out = EomtForUniversalSegmentationOutput(masks_queries_logits=mask_logits, class_queries_logits=cls_logits)
+            return processor.post_process_instance_segmentation(out, target_sizes=[orig] * b)
+
+        # Agreement: our ids start at 1 (0 = void); transformers' at 0 (-1 = void), both in query order.
+        try:
+            hf_first = hf_post()[0]
+            hf_instance()
+        except Exception as e:  # noqa: BLE001 -- off the CPU, a processor that cannot run there is a row skipped
+            if device.type == "cpu":
+                raise
+            info["hf_postprocess_skipped"] = f"{type(e).__name__}: {e}"
+            hf = False
+    if hf:
+        ours_first = ours_post()[0]
+        info["segments_ours"], info["segments_hf"] = len(ours_first.segments), len(hf_first["segments_info"])
+        hf_seg = hf_first["segmentation"].to(device).long() + 1
+        info["pixel_agreement"] = round(float((ours_first.segmentation == hf_seg).float().mean()), 6)
+
     crafted: dict[torch.dtype, torch.Tensor] = {}
     for name, m in net_meta.items():
-        if m["mode"] != "eager":
+        if m["mode"] != "eager" or (m["impl"] == "hf" and not hf):
             continue
         post = ours_post if m["impl"] == "ours" else hf_post
         out = net_fns[name]()
@@ -147,34 +173,25 @@ def postprocess_fns(args: argparse.Namespace, cfg: Any, net_fns: dict, net_meta:
             meta[row] = {"section": "end-to-end", "impl": m["impl"], "precision": m["precision"]}
     if not hf:
         return fns, meta, info
-    def hf_instance() -> Any:
-        out = EomtForUniversalSegmentationOutput(masks_queries_logits=mask_logits, class_queries_logits=cls_logits)
-        return processor.post_process_instance_segmentation(out, target_sizes=[orig] * b)
-
     fns["hf postprocess"] = hf_post
     fns["hf instance postprocess"] = hf_instance
     meta["hf postprocess"] = {"section": "postprocess", "impl": "hf"}
     meta["hf instance postprocess"] = {"section": "postprocess", "impl": "hf"}
-    # Agreement: our ids start at 1 (0 = void); transformers' at 0 (-1 = void), both in query order.
-    ours_seg = ours_post()[0].segmentation
-    hf_seg = hf_post()[0]["segmentation"].long() + 1
-    info["segments_ours"] = len(ours_post()[0].segments)
-    info["segments_hf"] = len(hf_post()[0]["segments_info"])
-    info["pixel_agreement"] = round(float((ours_seg == hf_seg).float().mean()), 6)
     return fns, meta, info
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.setup(args)
+    device = common.setup(args, "benchmarks/inference.py")
     cfg = common.build_config(args.preset, args.img_size)
     model = common.build_model(cfg, attn_mask_probs=0.0)
-    hf = None if args.no_hf else common.hf_twin(model, attn_mask_probs=0.0)
-    x = torch.rand(args.batch, 3, *cfg.img_size, generator=torch.Generator().manual_seed(args.seed))
+    hf = None if args.no_hf else common.hf_twin(model, attn_mask_probs=0.0).to(device)
+    model.to(device)
+    x = torch.rand(args.batch, 3, *cfg.img_size, generator=torch.Generator().manual_seed(args.seed)).to(device)
     record: dict[str, Any] = {
         "script": "benchmarks/inference.py",
         "command": "python " + " ".join(["benchmarks/inference.py", *(sys.argv[1:] if argv is None else argv)]),
-        "environment": environment_info("cpu", args.precisions),
+        "environment": environment_info(device, args.precisions),
         "settings": {"preset": args.preset, "img_size": list(cfg.img_size), "batch": args.batch,
                      "warmup": args.warmup, "iters": args.iters, "attn_mask_probs": 0.0,
                      "num_queries": cfg.num_queries, "num_classes": cfg.num_classes},
@@ -183,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         record["environment"]["transformers"] = transformers.__version__
+        record["hf_class"] = type(hf).__name__
         with torch.inference_mode():
             ours_out, hf_out = model(x), hf(pixel_values=common.normalize(x))
         record["parity_fp32_max_abs_diff"] = {
@@ -192,86 +210,39 @@ def main(argv: list[str] | None = None) -> int:
     fns, meta = network_fns(args, model, hf, x)
     record["precision_vs_fp32"] = precision_errors(fns, meta, model, x)
     if not args.no_postprocess:
-        pfns, pmeta, record["postprocess"] = postprocess_fns(args, cfg, fns, meta)
+        pfns, pmeta, record["postprocess"] = postprocess_fns(args, cfg, fns, meta, device)
         fns.update(pfns)
         meta.update(pmeta)
+    if not args.no_targets and gpu_targets.applies(args.preset, device):
+        tfns, tmeta = gpu_targets.inference_fns(model, args.preset, device, args.seed)
+        fns.update(tfns)
+        meta.update(tmeta)
     compile_s: dict[str, float] = {}
+    peak: dict[str, float] = {}
     for name, fn in fns.items():  # first call: compilation for compiled rows, and a sanity run
         t0 = time.perf_counter()
         fn()
+        common.synchronize(device)
         compile_s[name] = time.perf_counter() - t0
-    stats = time_round_robin(fns, warmup=args.warmup, iters=args.iters)
-    rows = []
-    for name, s in stats.items():
-        row = {"name": name, **meta[name], **s.to_dict(), "first_call_s": round(compile_s[name], 2),
-               "images_per_s": round(args.batch / (s.median_ms / 1e3), 3)}
-        rows.append(row)
+        if device.type == "cuda":  # exact tensor bytes of one more call (the CPU's RSS is too coarse per row)
+            with PeakMemory(device) as pm:
+                fn()
+            peak[name] = round(pm.total_peak_mb, 1)
+    stats = time_round_robin(fns, warmup=args.warmup, iters=args.iters, device=device)
+    rows = [{"name": name, **meta[name], **s.to_dict(), "first_call_s": round(compile_s[name], 2),
+             "images_per_s": round(meta[name].get("batch", args.batch) / (s.median_ms / 1e3), 3),
+             "peak_mb": peak.get(name)} for name, s in stats.items()]
     record["rows"] = rows
     record["ratios"] = ratios({r["name"]: r["median_ms"] for r in rows}, args)
+    record["gpu_targets"] = gpu_targets.inference_verdicts(rows)
     if args.profile:
         record["profile"] = {}
         for name in [n for n in fns if meta[n]["section"] == "network" and meta[n]["mode"] == "eager"]:
-            record["profile"][name] = common.profile_top_ops(fns[name])
-    print(common.format_table(rows, [("name", "row"), ("median_ms", "median ms"), ("p90_ms", "p90 ms"),
-                                     ("min_ms", "min ms"), ("images_per_s", "img/s"),
-                                     ("first_call_s", "first call s")]))
-    print()
-    for key, value in record["ratios"].items():
-        target = TARGETS.get(key)
-        verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'NOT met'})"
-        print(f"{key}: {value:.3f}{verdict}")
-    if "postprocess" in record:
-        print(f"postprocess: {record['postprocess']}")
-    for name, ops in record.get("profile", {}).items():
-        print(f"\nprofile {name}:")
-        print(common.format_table(ops, [("op", "op"), ("self_ms_per_call", "self ms"), ("share", "share"), ("calls", "calls")]))
+            record["profile"][name] = common.profile_top_ops(fns[name], device=device)
+    report(record, device)
     path = common.write_json(args.json or common.default_json("inference", args.preset), record)
     print(f"\nwrote {path}")
     return 0
-
-
-def precision_errors(fns: dict, meta: dict, model: Any, x: torch.Tensor) -> dict[str, dict[str, float]]:
-    """How far each of our eager precisions is from fp32: max |diff| of the logits, and the
-    fraction of mask pixels whose sign (inside / outside) agrees."""
-    with torch.inference_mode():
-        ref = model(x)
-    out = {}
-    for name, fn in fns.items():
-        m = meta[name]
-        if m["impl"] != "ours" or m["mode"] != "eager" or m["precision"] == "fp32":
-            continue
-        got = fn()
-        out[m["precision"]] = {
-            "mask_logits_max_abs_diff": round(float((got.mask_logits.float() - ref.mask_logits).abs().max()), 4),
-            "class_logits_max_abs_diff": round(float((got.class_logits.float() - ref.class_logits).abs().max()), 4),
-            "mask_sign_agreement": round(float(((got.mask_logits > 0) == (ref.mask_logits > 0)).float().mean()), 5),
-        }
-    return out
-
-
-def ratios(median: dict[str, float], args: argparse.Namespace) -> dict[str, float]:
-    """ours / hf median ratios for the rows both sides have."""
-    out = {}
-    for mode in ("eager", "compile"):
-        hf32 = median.get(f"hf fp32 {mode}")
-        if hf32 is None:
-            continue
-        for name, value in median.items():
-            parts = name.split()
-            if parts[0] == "ours" and len(parts) == 3 and parts[2] == mode:
-                suffix = " (network)" if mode == "eager" else f" (network, {mode})"
-                out[f"ours_{parts[1]} / hf_fp32{suffix}"] = value / hf32
-    if "hf postprocess" in median:
-        out["ours / hf (panoptic post-processing)"] = median["ours postprocess"] / median["hf postprocess"]
-        out["ours / hf (instance post-processing)"] = (median["ours instance postprocess"]
-                                                       / median["hf instance postprocess"])
-    for name, value in median.items():  # "ours bf16 end-to-end" and "ours bf16 end-to-end (network logits)"
-        impl, precision, *rest = name.split()
-        hf = median.get(f"hf {precision} {' '.join(rest)}")
-        if impl == "ours" and rest and rest[0] == "end-to-end" and hf is not None:
-            kind = " ".join([precision, *rest[1:]]).replace("(", "").replace(")", "")
-            out[f"ours / hf (end-to-end {kind})"] = value / hf
-    return out
 
 
 if __name__ == "__main__":

@@ -122,14 +122,21 @@ def test_training_step_script_smoke(tmp_path: Path) -> None:
         "ours bf16-autocast / hf fp32 (probs=1)", "ours bf16-autocast / hf bf16-autocast (probs=1)"
     }
     assert all(r["median_ms"] > 0 for r in rec["rows"])
+    # own total = step peak + weights, gradients and the two AdamW moments held between steps
+    weights = sum(p.numel() * 4 for p in EoMT(tiny_config()).parameters())
+    assert all(r["total_peak_mb"] * 2**20 >= 4 * weights - 2**20 for r in rec["rows"])
 
 
 def test_flops_script_smoke(tmp_path: Path) -> None:
-    rec = _run("flops", "--presets", "tiny,coco_panoptic_eomt_small_640", tmp_path=tmp_path)
+    rec = _run("flops", "--presets", "tiny,coco_panoptic_eomt_small_640,coco_panoptic_eomt_small_640_dinov3",
+               tmp_path=tmp_path)
     small = next(r for r in rec["rows"] if r["preset"] == "coco_panoptic_eomt_small_640")
     assert small["paper_gflops"] == 68
     assert small["ratio"] == pytest.approx(1.0, abs=0.02)  # counted MACs reproduce the paper
     assert small["gmacs_masked"] > small["gmacs"] > 0
+    # transformers' EoMT and EoMT-DINOv3 of the same configs do the same work (RoPE adds no matmul).
+    for row in rec["rows"]:
+        assert row["hf_gmacs"] == pytest.approx(row["gmacs"], rel=1e-3), row["preset"]
 
 
 def test_cli_bench_reports_latency_flops_and_memory(tmp_path: Path, capsys) -> None:
@@ -198,3 +205,98 @@ def test_inference_forward_runs_each_precision_and_names_what_cannot_run() -> No
         replay = capture_cuda_graph(lambda: y * 2 + 1)
         y.fill_(3.0)
         assert replay().tolist() == [7.0] * 4
+
+
+# The commands of the project's GPU check (shared/device/gpu_check.sh), verbatim but for the output paths.
+GPU_CHECK_BENCH = ["bench", "--preset", "coco_panoptic_eomt_large_640,coco_panoptic_eomt_small_640", "--device",
+                   "cuda", "--precision", "bf16", "--mode", "eager,compile,max-autotune,cudagraphs", "--batch", "1,32",
+                   "--end-to-end", "--iters", "30"]
+GPU_CHECK_SCRIPT = ["--device", "cuda", "--preset", "coco_panoptic_eomt_large_640", "--batch", "4"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_commands_fail_in_one_line_without_cuda(tmp_path: Path, capsys) -> None:
+    from eomt.cli import main
+
+    # Every option is parsed and checked before the device: the only complaint is the missing GPU.
+    assert main([*GPU_CHECK_BENCH, "--json", str(tmp_path / "bench.json")]) == 1
+    assert capsys.readouterr().err == (
+        "eomt bench: error: device: 'cuda' requested but CUDA is not available on this machine\n")
+    procs = {script: subprocess.Popen(  # both at once: the time is python's and torch's start-up
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *GPU_CHECK_SCRIPT, "--json",
+         str(tmp_path / f"{script}.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for script in ("inference", "training_step")}
+    for script, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert err == f"benchmarks/{script}.py: error: --device: 'cuda' requested but CUDA is not available on this machine\n"
+        assert not (tmp_path / f"{script}.json").exists()
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_inference_script_gpu_check_command_on_cpu_with_dinov3_twin(tmp_path: Path) -> None:
+    # gpu_check's inference command with --device cpu at the tiny DINOv3 config: the transformers
+    # twin is EomtDinov3ForUniversalSegmentation holding the same weights.
+    rec = _run("inference", "--device", "cpu", "--preset", "tiny_dinov3", "--batch", "4", "--iters", "1",
+               "--warmup", "0", "--precisions", "fp32,bf16", "--no-postprocess", tmp_path=tmp_path)
+    assert rec["hf_class"] == "EomtDinov3ForUniversalSegmentation"
+    assert rec["parity_fp32_max_abs_diff"]["mask_logits"] < 1e-4
+    assert rec["parity_fp32_max_abs_diff"]["class_logits"] < 1e-4
+    assert {r["name"] for r in rec["rows"]} == {"ours fp32 eager", "ours bf16 eager", "hf fp32 eager"}
+    assert all(r["images_per_s"] == pytest.approx(4e3 / r["median_ms"], rel=1e-3) for r in rec["rows"])
+    assert {"ours_fp32 / hf_fp32 (network)", "ours_bf16 / hf_fp32 (network)"} <= set(rec["ratios"])
+    assert rec["precision_vs_fp32"]["bf16"]["mask_sign_agreement"] > 0.9
+    assert rec["gpu_targets"] == [] and rec["environment"]["device"] == "cpu"
+
+
+def test_gpu_target_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_targets
+
+    large, small = gpu_targets.LARGE, gpu_targets.SMALL
+    row = lambda model, batch, mode, rate, e2e_ms=None: {  # noqa: E731 -- an `eomt bench --json` row
+        "model": model, "input": [batch, 3, 640, 640], "precision": "bf16", "mode": mode, "network": {},
+        "images_per_s": rate, **({"end_to_end_480x640": {"median_ms": e2e_ms}} if e2e_ms else {})}
+    record = {"rows": [row(large, 1, "eager", 400.0, 5.0), row(large, 1, "cudagraphs", 900.0, 3.0),
+                       row(large, 32, "compile", 450.0), row(small, 32, "eager", 2000.0),
+                       {**row(small, 1, "cudagraphs", 0.0), "skipped": "CUDA graphs need CUDA"}]}
+    verdicts = {v["target"]: v for v in gpu_targets.bench_verdicts(record)}
+    assert set(verdicts) == {f"{large} batch 1 end to end >= 256 img/s", f"{large} batch 32 network >= 500 img/s"}
+    e2e = verdicts[f"{large} batch 1 end to end >= 256 img/s"]
+    assert e2e["measured"] == pytest.approx(333.3) and e2e["met"] and "cudagraphs" in e2e["row"]
+    assert not verdicts[f"{large} batch 32 network >= 500 img/s"]["met"]
+
+    rows = [{"name": "ours bf16-autocast probs=1", "images_per_s": 10.0, "total_peak_mb": 18000.0},
+            {"name": "hf fp32 probs=1", "images_per_s": 5.0}, {"name": "hf bf16-autocast probs=1", "images_per_s": 8.0}]
+    cuda = torch.device("cuda")
+    got = gpu_targets.training_verdicts(large, 4, cuda, "ours bf16-autocast", rows)
+    assert [(v["measured"], v["met"]) for v in got] == [(18.87, True), (1.25, False)]  # 18000 MiB = 18.87 GB
+    assert "hf bf16-autocast" in got[1]["row"]  # against transformers' faster precision
+    assert gpu_targets.training_verdicts(large, 4, torch.device("cpu"), "ours bf16-autocast", rows) == []
+    assert gpu_targets.training_verdicts(large, 2, cuda, "ours bf16-autocast", rows) == []
+
+
+def test_gpu_target_rows_run_end_to_end_at_the_tiny_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The target rows that `inference.py --device cuda` adds, built for a tiny stand-in target and
+    # run eagerly on the CPU (CUDA-graph replay needs CUDA): the network, then our panoptic rule.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import common
+    import gpu_targets
+
+    target = gpu_targets.InferenceTarget("tiny", 2, True, 1e-9)
+    monkeypatch.setattr(gpu_targets, "INFERENCE_TARGETS", (target,))
+    monkeypatch.setattr(gpu_targets, "TARGET_MODES", ("eager",))
+    model = common.build_model(common.build_config("tiny"))
+    fns, meta = gpu_targets.inference_fns(model, "tiny", torch.device("cpu"))
+    assert list(fns) == ["target ours bf16 eager batch 2 end-to-end"]
+    results = next(iter(fns.values()))()
+    assert len(results) == 2 and results[0].segmentation.shape == (480, 640) and results[0].segments
+    rows = [{"name": name, **m, "images_per_s": 3.0} for name, m in meta.items()]
+    assert gpu_targets.inference_verdicts(rows) == [
+        {"target": target.name, "measured": 3.0, "row": "target ours bf16 eager batch 2 end-to-end", "met": True}]
+
+
+def test_video_script_smoke(tmp_path: Path) -> None:
+    rec = _run("video", "--preset", "tiny", "--iters", "1", "--warmup", "0", "--frames", "2", tmp_path=tmp_path)
+    assert [r["path"] for r in rec["rows"]][1] == "VidEoMT.step (streaming)"
+    assert all(r["ms_per_frame"] > 0 for r in rec["rows"])

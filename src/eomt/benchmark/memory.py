@@ -43,8 +43,9 @@ def _reset_hwm() -> bool:
 class PeakMemory:
     """Context manager measuring the peak memory of the code inside it.
 
-    CUDA: `torch.cuda.max_memory_allocated` (exact tensor bytes) minus the allocation at entry.
-    CPU: peak process RSS minus RSS at entry. This is approximate: it includes allocator caching,
+    CUDA: `torch.cuda.max_memory_allocated` (exact tensor bytes) minus the allocation at entry;
+    `total_peak_mb` is the peak itself (what was already allocated at entry included).
+    CPU: peak process RSS minus RSS at entry (`total_peak_mb`: the peak RSS). This is approximate: it includes allocator caching,
     freed-but-not-returned pages and anything else the process touches; if the peak cannot be
     reset (non-Linux) it only shows growth beyond the process's earlier peak.
     """
@@ -52,6 +53,7 @@ class PeakMemory:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.peak_bytes = 0
+        self.total_peak_bytes = 0
         self.method = ""
 
     def __enter__(self) -> "PeakMemory":
@@ -73,11 +75,18 @@ class PeakMemory:
         else:
             peak = _hwm_bytes()
         self.peak_bytes = max(0, peak - self._base)
+        self.total_peak_bytes = peak
 
     @property
     def peak_mb(self) -> float:
         """Peak memory above the level at entry, in MiB."""
         return self.peak_bytes / 2**20
 
+    @property
+    def total_peak_mb(self) -> float:
+        """The peak itself, in MiB: what was allocated at entry plus `peak_mb`."""
+        return self.total_peak_bytes / 2**20
+
     def to_dict(self) -> dict[str, Any]:
-        return {"peak_mb": round(self.peak_mb, 1), "method": self.method}
+        return {"peak_mb": round(self.peak_mb, 1), "total_peak_mb": round(self.total_peak_mb, 1),
+                "method": self.method}
