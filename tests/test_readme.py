@@ -23,6 +23,7 @@ from PIL import Image
 import eomt
 from eomt import cli
 from eomt.config import load_experiment, tiny_config
+from eomt.inference.video_io import VideoWriter
 from eomt.structures import PanopticResult
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -86,6 +87,9 @@ def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for path in ("images/a.png", "more/b.jpg"):
         Path(path).parent.mkdir(exist_ok=True)
         Image.fromarray(rgb[:, ::-1].copy()).save(path)
+    with VideoWriter("clip.mp4", 10) as video:  # a 4-frame clip (PyAV: the dev extra has it)
+        for t in range(4):
+            video.write(np.roll(rgb, 4 * t, axis=1))
     return tmp_path
 
 

@@ -55,7 +55,14 @@ class ExportableNetwork(nn.Module):
 
 
 def check_exportable(model: EoMT) -> None:
-    """Raise `ExportError` if the model still uses masked attention (annealing unfinished)."""
+    """Raise `ExportError` if the model still uses masked attention (annealing unfinished) or
+    merges tokens (a per-image token count a static graph cannot hold)."""
+    if getattr(model, "token_merging", None) is not None:
+        raise ExportError(
+            "export: the model has token_merging set; merging picks a different number of tokens per "
+            "image, which a static graph cannot express. Set model.token_merging = None to export "
+            "(merging stays available in eager PyTorch: Predictor(token_merging=...))"
+        )
     if model.masked_attention_active:
         probs = [round(p, 4) for p in model.attn_mask_probs.tolist()]
         raise ExportError(

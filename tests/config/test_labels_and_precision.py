@@ -52,11 +52,12 @@ def test_every_vocabulary_maps_through_the_one_table() -> None:
 
     assert PRECISIONS == precision.LIGHTNING_NAMES
     assert sorted(PRECISIONS) == sorted(n for row in precision.TABLE for n in row.lightning)
-    assert DTYPES == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert DTYPES == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
     assert BENCH == {
         "fp32": ("float32", None), "bf16": ("bfloat16", None), "bf16-autocast": ("float32", "bfloat16"),
-        "fp16": ("float16", None), "fp16-autocast": ("float32", "float16"),
+        "fp16": ("float16", None), "fp16-autocast": ("float32", "float16"), "int8": ("float32", None),
     }
+    assert precision.by_predictor("int8") is precision.by_name("int8") and precision.by_name("int8").int8
     # The same way of running under its three names.
     row = precision.by_lightning("bf16-mixed")
     assert row.name == "bf16-autocast" and row.autocast and row.torch_dtype == torch.bfloat16

@@ -52,16 +52,17 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCount:
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], inputs: torch.Tensor | None = None) -> FlopCount:
     """FLOPs of `model(x)` for x of `input_shape`, e.g. (1, 3, 640, 640), without gradients.
 
-    The input is created on the model's device and dtype; a model on the meta device (see
-    `meta_model`) is counted without allocating or computing anything.
+    The input is created on the model's device and dtype (zeros); a model on the meta device (see
+    `meta_model`) is counted without allocating or computing anything. `inputs`: count on these
+    images instead, for a network whose work depends on the content (token merging).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     device, dtype = _model_device_dtype(model)
-    x = torch.zeros(input_shape, device=device, dtype=dtype)
+    x = torch.zeros(input_shape, device=device, dtype=dtype) if inputs is None else inputs.to(device, dtype)
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     with counter, torch.no_grad():
         model(x)

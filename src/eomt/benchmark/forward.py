@@ -32,6 +32,8 @@ def skip_reason(precision: str, mode: str, device: torch.device) -> str | None:
         return "fp16 needs CUDA"
     if mode == "cudagraphs" and device.type != "cuda":
         return "CUDA graphs need CUDA"
+    if precision_table.by_name(precision).int8 and (device.type != "cpu" or mode != "eager"):
+        return "int8 runs eager on the CPU"
     return None
 
 
@@ -61,10 +63,11 @@ def capture_cuda_graph(forward: Callable[[], Any], warmup: int = 3) -> Callable[
 
 def inference_forward(model: nn.Module, x: torch.Tensor, precision: str, mode: str) -> Callable[[], Any]:
     """A no-argument callable running one inference forward of `model` on `x` in `precision`
-    (a benchmark name: fp32, bf16, bf16-autocast, fp16, fp16-autocast) and `mode` (`MODES`).
+    (a benchmark name: fp32, bf16, bf16-autocast, fp16, fp16-autocast, int8) and `mode` (`MODES`).
 
     Weights in another dtype than fp32 are a converted copy (the model is left as it is); `x`
-    (B, 3, H, W) is converted alike. Raises `OptionError` for an unknown precision or mode.
+    (B, 3, H, W) is converted alike. int8 runs a copy whose ViT linear layers are int8
+    (`eomt.models.fast.int8`). Raises `OptionError` for an unknown precision or mode.
     """
     if precision not in PRECISIONS:
         raise OptionError(f"precision: found {precision!r}, expected one of {', '.join(PRECISIONS)}")
@@ -72,6 +75,11 @@ def inference_forward(model: nn.Module, x: torch.Tensor, precision: str, mode: s
         raise OptionError(f"mode: found {mode!r}, expected one of {', '.join(MODES)}")
     weights, autocast = (getattr(torch, d) if d else None for d in PRECISIONS[precision])
     net = model if weights == torch.float32 else copy.deepcopy(model).to(weights)
+    if precision_table.by_name(precision).int8:
+        from eomt.models.fast.int8 import quantize_linear_layers
+
+        net = copy.deepcopy(model)
+        quantize_linear_layers(net.backbone.blocks)
     x = x.to(weights)
     ctx = (lambda: torch.autocast(x.device.type, dtype=autocast)) if autocast else contextlib.nullcontext
     if mode in ("compile", "max-autotune"):

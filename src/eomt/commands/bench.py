@@ -2,8 +2,10 @@
 
 Every combination of --preset (or --model) x --batch x --precision x --mode is one row: the network
 alone, and with --end-to-end also Predictor on a 480x640 image (preprocess + network +
-post-processing) for eager rows at batch 1. Combinations a device cannot run (fp16 and CUDA graphs
-on the CPU) are listed as skipped, with the reason. Prints a table; --json writes every row.
+post-processing) for fp32, bf16 and int8 rows at batch 1, its network compiled as the row's mode
+asks (`END_TO_END_COMPILE`: cudagraphs -> torch.compile "reduce-overhead", CUDA graphs of the
+compiled net). Combinations a device cannot run (fp16 and CUDA graphs on the CPU, int8 on a GPU or
+compiled) are listed as skipped, with the reason. Prints a table; --json writes every row.
 
     eomt bench --preset coco_panoptic_eomt_small_640 --precision fp32,bf16 --batch 1,8
     eomt bench --preset all --device cuda --precision bf16 --mode eager,compile,cudagraphs --batch 1,32
@@ -21,6 +23,10 @@ from eomt.commands import add_trust_pickle
 from eomt.errors import OptionError
 
 log = logging.getLogger(__name__)
+
+# The Predictor `compile` option of each --mode for the end-to-end rows.
+END_TO_END_COMPILE: dict[str, bool | str] = {"eager": False, "compile": True, "max-autotune": "max-autotune",
+                                             "cudagraphs": "reduce-overhead"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed calls (default: 10)")
     p.add_argument("--end-to-end", action="store_true",
-                   help="also time Predictor on a random 480x640 image (eager rows at batch 1)")
+                   help="also time Predictor on a random 480x640 image (fp32, bf16 and int8 rows at batch 1)")
+    p.add_argument("--merge-tokens", nargs="?", type=float, const=0.88, default=None, metavar="TAU",
+                   help="add an ALGM token merging row (threshold TAU, default 0.88) after each plain one; both "
+                        "then run on street-like images (eomt.benchmark.scenes), not noise; merged GMACs are "
+                        "counted on the first image (eager rows only: merging has data-dependent shapes)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
 
 
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from eomt.benchmark import (PeakMemory, count_flops, environment_info, inference_forward, meta_model,
                                 skip_reason, time_fn)
     from eomt.inference.predictor import resolve_device
+    from eomt.models.merging import TokenMerging
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,13 +112,17 @@ def run(args: argparse.Namespace) -> int:
         probs = float(model.attn_mask_probs.max())
         gmacs = count_flops(meta_model(cfg.replace(img_size=size), probs), (1, 3, *size)).gmacs
         for batch in batches:
-            x = torch.rand(batch, 3, *size, device=device)
+            x = torch.rand(batch, 3, *size, device=device) if args.merge_tokens is None else _scenes(batch, size, device)
             for precision in precisions:
-                for mode in modes:
+                for mode, merge in [(m, t) for m in modes for t in dict.fromkeys((None, args.merge_tokens))]:
                     row: dict[str, Any] = {"model": cfg.name or name, "input": [batch, 3, *size],
                                            "precision": precision, "mode": mode, "gmacs_per_image": gmacs}
+                    model.token_merging = None if merge is None else TokenMerging(threshold=merge)
+                    if merge is not None:
+                        row.update(merge_tokens=merge, gmacs_per_image=count_flops(model, (1, 3, *size), x[:1]).gmacs)
                     rows.append(row)
-                    reason = skip_reason(precision, mode, device)
+                    reason = skip_reason(precision, mode, device) or (
+                        "token merging: eager only" if merge is not None and mode != "eager" else None)
                     if reason:
                         row["skipped"] = reason
                         continue
@@ -117,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
                     stats = time_fn(forward, warmup=args.warmup, iters=args.iters, device=device)
                     row.update(network=stats.to_dict(), images_per_s=batch / (stats.median_ms / 1e3),
                                first_call_peak_memory=memory.to_dict())
-                    if args.end_to_end and mode == "eager" and batch == 1 and precision in ("fp32", "bf16"):
-                        row["end_to_end_480x640"] = _end_to_end(model, device, precision, args).to_dict()
+                    if args.end_to_end and batch == 1 and precision in ("fp32", "bf16", "int8"):
+                        row["end_to_end_480x640"] = _end_to_end(model, device, precision, mode, args).to_dict()
         del model
     record = {"environment": environment_info(device, ",".join(precisions)), "rows": rows}
     print(_table(rows, record["environment"]))
@@ -129,15 +144,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _end_to_end(model: Any, device: Any, precision: str, args: argparse.Namespace) -> Any:
+def _scenes(batch: int, size: tuple[int, ...], device: Any) -> Any:
+    """`batch` street-like images (B, 3, H, W): content that token merging can act on."""
+    import torch
+
+    from eomt.benchmark.scenes import street_scene
+
+    return torch.stack([street_scene(size[0], size[1], seed=i) for i in range(batch)]).to(device)
+
+
+def _end_to_end(model: Any, device: Any, precision: str, mode: str, args: argparse.Namespace) -> Any:
     import torch
 
     from eomt.benchmark import time_fn
     from eomt.inference.predictor import Predictor
 
-    predictor = Predictor(model, device=device, dtype=precision)
+    predictor = Predictor(model, device=device, dtype=precision, compile=END_TO_END_COMPILE[mode])
     image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8)
-    return time_fn(lambda: predictor.predict_tensors([image]), warmup=1, iters=args.iters, device=device)
+    # Compiled modes: compilation, then (reduce-overhead) the CUDA-graph recording, before timing.
+    warmup = 1 if mode == "eager" else 3
+    return time_fn(lambda: predictor.predict_tensors([image]), warmup=warmup, iters=args.iters, device=device)
+
+
+def _mode(row: dict[str, Any]) -> str:
+    return row["mode"] + (f" merge {row['merge_tokens']:g}" if "merge_tokens" in row else "")
 
 
 def _table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
@@ -147,11 +177,11 @@ def _table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     for r in rows:
         size = "x".join(str(v) for v in r["input"][:1] + r["input"][2:])
         if "skipped" in r:
-            lines.append([r["model"], size, r["precision"], r["mode"], f"skipped: {r['skipped']}", "", "", "", "", ""])
+            lines.append([r["model"], size, r["precision"], _mode(r), f"skipped: {r['skipped']}", "", "", "", "", ""])
             continue
         net, mem = r["network"], r["first_call_peak_memory"]
         e2e = r.get("end_to_end_480x640", {}).get("median_ms")
-        lines.append([r["model"], size, r["precision"], r["mode"], f"{net['median_ms']:.1f}", f"{net['p90_ms']:.1f}",
+        lines.append([r["model"], size, r["precision"], _mode(r), f"{net['median_ms']:.1f}", f"{net['p90_ms']:.1f}",
                       f"{r['images_per_s']:.2f}", f"{r['gmacs_per_image']:.4g}", f"{mem['peak_mb']:.0f}",
                       "" if e2e is None else f"{e2e:.1f}"])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]

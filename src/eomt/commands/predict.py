@@ -8,7 +8,9 @@ The files are written by the task's writer (`eomt.inference.writers`).
 Each finished image adds a line to `results.jsonl` (`eomt.inference.result_log`), so a killed run
 keeps its work: `--skip-existing` resumes it. Category ids are the checkpoint's dataset ids; image ids
 are the dataset's (`--images-json`) or 1..N in input order, listed with the file names.
-An unreadable image is reported by name and skipped; the exit code is 1 if any image failed.
+Videos (.mp4 .avi .mov .mkv .webm, mixed freely with images) are segmented frame by frame with track
+ids (`--stride`, `--max-frames`); their files: `eomt.inference.video_writers` (not resumable).
+An unreadable image or video is reported by name and skipped; the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -28,14 +30,19 @@ from eomt.errors import InputError, MissingFileError, OptionError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image and video files (.mp4 .avi .mov .mkv .webm), folders or glob patterns")
     parser.add_argument("--model", required=True, help="checkpoint file, folder or hub name")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--task", choices=TASKS, default=None, help="default: the model's own task")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="bf16: weights and activations in bf16; fp16: autocast, CUDA only (default: fp32)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                        help="bf16: weights and activations in bf16; fp16: autocast, CUDA only; int8: the ViT's "
+                             "linear layers in int8, CPU only (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    parser.add_argument("--merge-tokens", nargs="?", type=float, const=True, default=None, metavar="TAU",
+                        help="ALGM token merging: fewer FLOPs where the image is uniform; optionally the "
+                             "cosine similarity threshold (default 0.88; higher merges less)")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the network (optionally a mode: max-autotune, reduce-overhead)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -57,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bomb guard; 0: no limit; default: 178956970, Pillow's own limit)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
                         help="instance overlays: draw instances scoring at least this (default: 0.5)")
+    parser.add_argument("--stride", type=int, default=1, metavar="N",
+                        help="videos: segment every N-th frame (default: 1, every frame)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="videos: stop after N segmented frames, a preview (default: all)")
     add_trust_pickle(parser)
     parser.add_argument("--category-ids", default=None, metavar="JSON",
                         help="class index -> dataset category id for the JSON outputs: a JSON list such as "
@@ -77,7 +88,8 @@ def check_options(args: argparse.Namespace) -> None:
     for name, value in fractions.items():
         if value is not None and not 0.0 <= value <= 1.0:
             raise OptionError(f"{name}: {value:g} is not a score; expected a number in [0, 1]")
-    for name, value in {"--top-k": args.top_k, "--batch-size": args.batch_size}.items():
+    for name, value in {"--top-k": args.top_k, "--batch-size": args.batch_size, "--stride": args.stride,
+                        "--max-frames": 1 if args.max_frames is None else args.max_frames}.items():
         if value < 1:
             raise OptionError(f"{name}: {value} must be at least 1")
     if args.max_pixels < 0:
@@ -99,11 +111,13 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders -> their image files; globs -> matching image files. Sorted, unique."""
+    """Files as given; folders -> their image and video files; globs -> matching image and video
+    files. Sorted, unique."""
     from eomt.inference.io import IMAGE_EXTENSIONS
+    from eomt.inference.video_io import VIDEO_EXTENSIONS
 
     def is_image(p: Path) -> bool:
-        return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
     found: dict[Path, None] = {}
     for item in inputs:
@@ -117,7 +131,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise MissingFileError(f"{item}: no such file or folder")
         if not matches:
-            raise MissingFileError(f"{item}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            raise MissingFileError(f"{item}: no images found (looked for images "
+                                   f"{', '.join(IMAGE_EXTENSIONS)} and videos {', '.join(VIDEO_EXTENSIONS)})")
         found.update(dict.fromkeys(matches))
     return list(found)
 
@@ -155,11 +170,15 @@ def run(args: argparse.Namespace) -> int:
 
     from eomt.inference import result_log
     from eomt.inference.predictor import Predictor
+    from eomt.inference.video_io import is_video
     from eomt.inference.writers import make_writer, write_predictions
 
     check_options(args)
-    paths = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs)
     result_log.check_out_folder(args.out, args.inputs)
+    all_stems = dict(zip(inputs, unique_stems(inputs)))  # one name space: clip.png and clip.mp4 differ
+    paths = [p for p in inputs if not is_video(p)]
+    videos = [p for p in inputs if is_video(p)]
     ids = result_log.image_ids(paths, args.images_json)
     predictor = Predictor(
         args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
@@ -167,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
         tile=args.tile, tile_overlap=args.tile_overlap, trust_pickle=args.trust_pickle,
-        max_pixels=args.max_pixels or None,
+        max_pixels=args.max_pixels or None, token_merging=args.merge_tokens,
     )
     cfg, task, out = predictor.config, predictor.task, args.out
     # The dataset ids the model was trained with (kept in its checkpoint), unless given here.
@@ -177,31 +196,40 @@ def run(args: argparse.Namespace) -> int:
                 "mask_threshold": args.mask_threshold, "overlap_threshold": args.overlap_threshold,
                 "top_k": args.top_k, "vis_threshold": args.vis_threshold, "dtype": args.dtype,
                 "tile": args.tile, "tile_overlap": args.tile_overlap, "category_ids": category_ids}
-    writer = make_writer(task, out, paths, unique_stems(paths), ids, settings, predictor.class_names,
-                         num_classes=cfg.num_classes, stuff_classes=cfg.stuff_classes,
-                         category_ids=category_ids, vis_threshold=args.vis_threshold,
-                         resume=args.skip_existing)
+    if args.merge_tokens is not None:  # only when set: lines written without merging stay reusable
+        settings["merge_tokens"] = args.merge_tokens
     written: list[Path] = []
     failed: list[int] = []
-    skipped = 0
-    start = time.perf_counter()
-    with tqdm(total=len(paths), desc=f"eomt predict ({task})", unit="img", file=sys.stderr) as bar:
-        for outcome in write_predictions(predictor, writer, args.max_pixels or None, resume=args.skip_existing):
-            written.extend(outcome.written)
-            skipped += outcome.skipped
-            if outcome.error is not None:
-                failed.append(outcome.index)
-                tqdm.write(f"eomt predict: {outcome.error}", file=sys.stderr)
-            bar.update(1)
-    written.extend(writer.finish(failed))
+    if paths:
+        writer = make_writer(task, out, paths, [all_stems[p] for p in paths], ids, settings, predictor.class_names,
+                             num_classes=cfg.num_classes, stuff_classes=cfg.stuff_classes,
+                             category_ids=category_ids, vis_threshold=args.vis_threshold,
+                             resume=args.skip_existing)
+        skipped = 0
+        start = time.perf_counter()
+        with tqdm(total=len(paths), desc=f"eomt predict ({task})", unit="img", file=sys.stderr) as bar:
+            for outcome in write_predictions(predictor, writer, args.max_pixels or None, resume=args.skip_existing):
+                written.extend(outcome.written)
+                skipped += outcome.skipped
+                if outcome.error is not None:
+                    failed.append(outcome.index)
+                    tqdm.write(f"eomt predict: {outcome.error}", file=sys.stderr)
+                bar.update(1)
+        written.extend(writer.finish(failed))
 
-    elapsed = time.perf_counter() - start
-    done = len(paths) - len(failed)
-    already = f" ({skipped} already there)" if skipped else ""
-    print(
-        f"eomt predict: {done} image(s) done{already}, {len(failed)} failed, {len(written)} file(s) written "
-        f"to {out} in {elapsed:.1f} s"
-    )
-    if failed:
-        print(f"eomt predict: failed: {', '.join(str(paths[i]) for i in failed)}", file=sys.stderr)
-    return 1 if failed else 0
+        elapsed = time.perf_counter() - start
+        done = len(paths) - len(failed)
+        already = f" ({skipped} already there)" if skipped else ""
+        print(
+            f"eomt predict: {done} image(s) done{already}, {len(failed)} failed, {len(written)} file(s) written "
+            f"to {out} in {elapsed:.1f} s"
+        )
+    bad = [str(paths[i]) for i in failed]
+    if videos:  # after the images: `eomt.commands.predict_video`
+        from eomt.commands.predict_video import run_videos
+
+        failed_videos, _ = run_videos(args, predictor, videos, [all_stems[v] for v in videos], category_ids)
+        bad += [str(v) for v in failed_videos]
+    if bad:
+        print(f"eomt predict: failed: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0

@@ -31,6 +31,7 @@ from eomt.inference.preprocess import resize_and_pad, sliding_windows
 from eomt.inference.restore import Workspace
 from eomt.inference.tiling import predict_tiled
 from eomt.models import EoMT
+from eomt.models.merging import TokenMerging, with_token_merging
 from eomt.structures import InstanceResult, PanopticResult, SemanticResult
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype of `fp32` / `bf16` / `fp16`; fp16 needs a CUDA device."""
+    """The autocast dtype of `fp32` / `bf16` / `fp16` / `int8` (fp32 around its int8 layers);
+    fp16 needs a CUDA device, int8 the CPU."""
     if dtype not in DTYPES:
         raise OptionError(f"dtype: unknown value {dtype!r} (expected one of: {', '.join(DTYPES)})")
     if dtype == "fp16" and device.type != "cuda":
         raise OptionError(
             f"dtype: fp16 needs a CUDA device (got device {str(device)!r}); use bf16 or fp32 on CPU"
         )
+    if precision.by_predictor(dtype).int8 and device.type != "cpu":
+        raise OptionError(f"dtype: int8 runs on the CPU only (got device {str(device)!r}); use bf16 or fp16 on a GPU")
     return DTYPES[dtype]
 
 
@@ -85,7 +89,9 @@ class Predictor:
     network exported by `eomt export` (.onnx run with onnxruntime, .pt2, .ts) at a fixed input size.
     task: "panoptic" | "instance" | "semantic"; defaults to the model's own task.
     dtype: "fp32"; "bf16": weights and activations in bf16 (the model is converted; a model passed
-    in is copied first, so the caller's stays as it was); "fp16": autocast, CUDA only.
+    in is copied first, so the caller's stays as it was); "fp16": autocast, CUDA only; "int8": the
+    ViT's linear layers in int8 (dynamic quantisation, no calibration; `eomt.inference.quantize`),
+    CPU only, eager only, on a copy of a model passed in.
     Post-processing is fp32.
     threshold: panoptic class-score threshold (default 0.8), or the instance score below which
     instances are dropped (default 0.0: keep the top-k, as the evaluation does). Instance results
@@ -104,6 +110,10 @@ class Predictor:
     tiles.
     trust_pickle: let a file given by name run code on load (pickled objects, a .ts TorchScript
     file); only for files whose source you trust. Without it such a file is refused.
+    token_merging: ALGM token merging in the network (`eomt.models.merging`): None/False off, True
+    the defaults (tau 0.88), a float tau, or a `TokenMerging`. Fewer FLOPs on images with large
+    uniform regions; masks and post-processing unchanged. Needs an annealed EoMT (not an exported
+    graph); a model passed in is not changed (a shallow copy carries the setting).
     max_pixels: image files announcing more pixels are refused before decoding (a decompression
     bomb guard, `eomt.inference.io.DEFAULT_MAX_PIXELS`); None: no limit.
     mask_format: instance masks as a bool tensor ("dense"), as `eomt.structures.RLEMasks` ("rle",
@@ -129,6 +139,7 @@ class Predictor:
         trust_pickle: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         mask_format: str = "auto",
+        token_merging: TokenMerging | bool | float | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
@@ -155,6 +166,14 @@ class Predictor:
             # bf16 CPU kernels apply. A model passed in is copied: the caller's keeps its dtype.
             model = (copy.deepcopy(model) if callers else model).to(torch.bfloat16)
             self.autocast_dtype = torch.float32
+        if precision.by_predictor(dtype).int8:
+            if compile:
+                raise OptionError("compile: int8 runs eager (its kernels are not compiled); "
+                                  "drop --compile or use fp32/bf16")
+            from eomt.inference.quantize import to_int8
+
+            model = to_int8(model, copy_model=callers)  # a model passed in keeps its fp32 layers
+        model = with_token_merging(model, token_merging, copy_model=callers)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self._network = self.model
@@ -162,7 +181,9 @@ class Predictor:
             if not isinstance(self.model, EoMT):
                 raise OptionError("compile: only an EoMT network can be compiled, not an exported graph")
             mode = None if compile is True or compile == "default" else str(compile)
-            self._network = torch.compile(self.model, fullgraph=True, mode=mode)
+            # Merging counts tokens on the host: the graph breaks there, so no fullgraph with it.
+            fullgraph = self.model.token_merging is None
+            self._network = torch.compile(self.model, fullgraph=fullgraph, mode=mode)
         # An exported graph has a fixed input size, which may differ from the training size.
         self.input_size: tuple[int, int] = tuple(getattr(model, "img_size", self.config.img_size))  # type: ignore[assignment]
         self.task = task or self.config.task

@@ -233,3 +233,15 @@ def overlay(
     if isinstance(result, SemanticResult):
         return overlay_semantic(image, result, class_names, **kwargs)
     raise TypeError(f"result: unsupported type {type(result).__name__}")
+
+
+def paint(image: Tensor, ids: Tensor, colors: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """(H, W, 3) uint8: `colors[ids]` (colors (K, 3) uint8) blended onto the image (3, H, W) where
+    ids (H, W) > 0, with the boundaries between ids drawn; the blend of every overlay here."""
+    return _blend(image, ids, colors, alpha)
+
+
+def with_legend(picture: np.ndarray, entries: list[tuple[str, np.ndarray]]) -> Image.Image:
+    """The picture (H, W, 3) uint8 with a legend panel on its right: a swatch and a name per entry
+    ((name, RGB colour) pairs); the panel is as wide as its longest name."""
+    return _with_legend(picture, entries)

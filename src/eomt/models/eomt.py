@@ -13,6 +13,10 @@ L2 blocks an intermediate prediction is made from the shared final norm, and eac
 only to the patches where its bilinearly downsampled mask logits are > 0. Block j lifts the mask of
 each query with probability 1 - p_j (`attn_mask_probs`). When every p_j is 0 (a trained model),
 inference is a plain ViT: no intermediate prediction is made and no mask is built.
+
+Token merging (`token_merging`, inference only, `eomt.models.merging`): ALGM merges similar patch
+tokens after an early and a middle block; the merged tokens are unmerged to the full grid after
+the final norm, so the mask module and everything after it see the usual (B, K, H/4, W/4) masks.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from eomt.config import ModelConfig, preset
 from eomt.models.backbones import build_backbone
 from eomt.models.fast import upscale as fast_upscale
 from eomt.models.fast.linear import fast_paths_on
+from eomt.models.merging import MergingRun, TokenMerging
 from eomt.models.upscale import ScaleBlock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,6 +81,8 @@ class EoMT(nn.Module):
         # Recompute each block's activations in the backward pass instead of keeping them
         # (training memory for compute; the forward is unchanged).
         self.gradient_checkpointing = False
+        # ALGM token merging at inference (`eomt.models.merging`); None: off, the plain network.
+        self.token_merging: TokenMerging | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_active())
 
     # ------------------------------------------------------------------ annealing state
@@ -122,6 +129,7 @@ class EoMT(nn.Module):
         x = x.to(self.backbone.dtype)  # a bf16 model takes fp32 images too
         x, grid = self.backbone.embed(x)  # (B, P+N, D)
         inputs = self.backbone.block_inputs(grid)  # per-block position inputs, if the family has any
+        merging = self._merging_run(grid, inputs)
         first = cfg.depth - cfg.num_blocks
         masks_per_block: list[Tensor] = []
         classes_per_block: list[Tensor] = []
@@ -139,12 +147,33 @@ class EoMT(nn.Module):
                     if self._mask_active[j]:
                         noise = lift_noise[:, j] if lift_noise is not None else None
                         attn_mask = self._attn_mask(mask_logits, grid, self.attn_mask_probs[j], x.shape[1], noise)
+            if merging is not None:  # proportional attention and positions of the merged tokens
+                attn_mask, inputs = merging.attn_bias(x), merging.block_inputs
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, attn_mask, use_reentrant=False, **inputs)
             else:
                 x = block(x, attn_mask, **inputs)
-        mask_logits, class_logits = self._predict(self.backbone.norm(x), grid)
+            if merging is not None:
+                x = merging.after_block(i, x)
+        x = self.backbone.norm(x)  # per token: unmerging after it is the same as before it
+        mask_logits, class_logits = self._predict(merging.unmerge(x) if merging is not None else x, grid)
         return EoMTOutput(mask_logits, class_logits, masks_per_block, classes_per_block)
+
+    def _merging_run(self, grid: tuple[int, int], inputs: dict[str, Tensor]) -> MergingRun | None:
+        """The per-forward merging state when `token_merging` is set, else None.
+
+        Raises ValueError in training mode and while masked attention is active (its masks are
+        per original patch): merging is for the annealed inference network only.
+        """
+        if self.token_merging is None:
+            return None
+        if self.training or self.masked_attention_active:
+            raise ValueError(
+                "token_merging: inference only, on a network without masked attention; got "
+                + ("training mode" if self.training else f"attn_mask_probs {self.attn_mask_probs.tolist()}")
+                + " (set model.token_merging = None, or finish annealing: set_attn_mask_probs(0))"
+            )
+        return MergingRun(self.token_merging, self.backbone, grid, self.config.depth, inputs)
 
     def _predict(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Mask module on normed tokens (B, K+P+N, D) -> mask (B, K, 4h, 4w), class (B, K, C+1)."""

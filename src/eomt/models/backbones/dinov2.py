@@ -29,7 +29,8 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and SDPA.
 
-    `mask` is a boolean (B, 1, N, N) or (B, heads, N, N) tensor, True where attention is allowed.
+    `mask` is a boolean (B, 1, N, N) or (B, heads, N, N) tensor, True where attention is allowed,
+    or an additive float mask in x's dtype, e.g. (B, 1, 1, N) (proportional attention).
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -77,8 +78,9 @@ class SwiGLUPacked(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = linear(x, self.fc1.weight, self.fc1.bias).chunk(2, dim=-1)
-        return linear(F.silu(x1) * x2, self.fc2.weight, self.fc2.bias)
+        x12 = linear(x, self.fc1.weight, self.fc1.bias)
+        h = x12.shape[-1] // 2  # slices, not `chunk`: an opset-17 ONNX graph has no opset-18 Split
+        return linear(F.silu(x12[..., :h]) * x12[..., h:], self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Module):
@@ -147,6 +149,10 @@ class DINOv2(nn.Module):
 
     def block_inputs(self, grid: tuple[int, int]) -> dict[str, Tensor]:
         """No per-block position inputs: positions are added once, in `embed`."""
+        return {}
+
+    def block_inputs_at(self, coords: Tensor) -> dict[str, Tensor]:
+        """No per-block position inputs for merged tokens either (coords (B, M, 2) unused)."""
         return {}
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:

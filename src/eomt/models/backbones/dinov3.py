@@ -46,12 +46,15 @@ def rope_cos_sin(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, T
 
 def rotate_half(x: Tensor) -> Tensor:
     """(x1, x2) -> (-x2, x1) on the last dimension split in halves."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    half = x.shape[-1] // 2
+    # Two slices, not `chunk`: the dynamo ONNX exporter writes `chunk` as an opset-18 Split, which an
+    # opset-17 graph (`eomt export`'s default) cannot hold.
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the trailing N tokens of x (B, heads, T, head_dim) by cos / sin (N, head_dim).
+    """Rotate the trailing N tokens of x (B, heads, T, head_dim) by cos / sin (N, head_dim), or
+    per image (B, 1, N, head_dim) (merged tokens).
 
     The leading T - N tokens (queries, cls, registers) are returned unchanged. The rotation runs
     in fp32 and is cast back to x's dtype.
@@ -66,7 +69,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v/o projections (no k bias), RoPE and SDPA.
 
-    `mask` is a boolean (B, 1, T, T) or (B, heads, T, T) tensor, True where attention is allowed.
+    `mask` is a boolean (B, 1, T, T) or (B, heads, T, T) tensor, True where attention is allowed,
+    or an additive float mask in x's dtype, e.g. (B, 1, 1, T) (proportional attention).
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -213,6 +217,13 @@ class DINOv3(nn.Module):
             coords = coords * torch.empty(1, device=device).uniform_(-r, r).exp()
         cos, sin = rope_cos_sin(coords, self.head_dim, self.rope_theta)
         return {"cos": cos, "sin": sin}
+
+    def block_inputs_at(self, coords: Tensor) -> dict[str, Tensor]:
+        """RoPE tables of per-image token coordinates (B, M, 2) in [-1, 1] (merged tokens: the
+        size-weighted mean patch centre): {"cos", "sin"}, each (B, 1, M, head_dim), fp32."""
+        b, m, _ = coords.shape
+        cos, sin = rope_cos_sin(coords.reshape(b * m, 2), self.head_dim, self.rope_theta)
+        return {"cos": cos.reshape(b, 1, m, -1), "sin": sin.reshape(b, 1, m, -1)}  # (B, 1, M, hd)
 
     def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> tokens (B, 1 + R + N, D) and the token grid (H/p, W/p)."""

@@ -15,6 +15,10 @@ it cannot change what the caller can observe beyond bf16 rounding:
 
 Everything else calls `F.linear` / `F.gelu`, which is also what the fused path computes up to the
 rounding of the intermediate: the GELU reads the fp32 matmul result instead of its bf16 rounding.
+
+A weight that is an `eomt.models.fast.int8.Int8Weight` (a layer replaced for int8 CPU inference)
+runs its int8 kernel instead, whatever the switch says: the int8 model has no fp32 weight to fall
+back on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from eomt.models.fast.int8 import Int8Weight
 
 _ENABLED = True
 
@@ -76,15 +82,19 @@ def _use_fused(x: Tensor, weight: Tensor) -> bool:
     return _AVAILABLE and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and cpu_inference(x)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def linear(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None) -> Tensor:
     """`F.linear(x, weight, bias)`, with the bias fused into the matmul on the bf16 CPU path."""
+    if isinstance(weight, Int8Weight):
+        return weight.linear(x, bias)
     if _use_fused(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
-def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def linear_gelu(x: Tensor, weight: Tensor | Int8Weight, bias: Tensor | None) -> Tensor:
     """`F.gelu(F.linear(x, weight, bias))` (exact GELU), fused on the bf16 CPU path."""
+    if isinstance(weight, Int8Weight):
+        return F.gelu(weight.linear(x, bias))
     if _use_fused(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
     return F.gelu(F.linear(x, weight, bias))

@@ -1,0 +1,157 @@
+"""Segmenting videos: per-frame results of an EoMT, each segment with a track id stable across frames.
+
+`VideoPredictor` runs a video file (or any iterable of frames) through a `Predictor`,
+`predictor.batch_size` frames per forward pass, and gives one `VideoFrame` per kept frame: the
+source frame index, its time in seconds (index / frames per second: a constant rate is assumed),
+the image, the result (panoptic / instance / semantic, as for an image) and a track id per segment
+(panoptic), per instance (instance) or per class present (semantic: the class index). Track ids
+of an image EoMT come from linking masks frame to frame (`eomt.inference.tracks.MaskLinker`, rules
+there); instances scoring below `track_threshold` get none (they stay in the results, and are left
+out of the overlay and the YouTube-VIS tracks).
+
+A `VidEoMT` (`eomt.models.video`) runs streaming: its query blocks see the frames one at a time in
+order, carrying the propagated queries (`VidEoMT.step`), behind the same pre- and post-processing
+as the image model (`StreamingNetwork`). Its query k is one object in every frame, so it would need
+no linking; until the post-processing reports which query made each segment, its segments are
+linked by the same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from eomt.inference.predictor import Predictor
+from eomt.inference.tracks import MaskLinker
+from eomt.inference.video_io import VideoReader
+from eomt.models.video import VidEoMT, VideoState
+from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+
+log = logging.getLogger(__name__)
+
+Result = Union[PanopticResult, InstanceResult, SemanticResult]
+
+
+@dataclass
+class VideoFrame:
+    """One kept frame: source frame `index`, `time` in seconds, `image` (3, H, W) uint8, its
+    `result`, and `track_ids` (one per segment / instance / class present; None: not tracked)."""
+
+    index: int
+    time: float
+    image: Tensor
+    result: Result
+    track_ids: list[int | None]
+
+
+class _Output(NamedTuple):
+    class_logits: Tensor
+    mask_logits: Tensor
+
+
+class StreamingNetwork(nn.Module):
+    """A VidEoMT behind the image network's call: a batch (B, 3, H, W) is B successive frames of one
+    video, run in order through `VidEoMT.step`, the state carried from call to call. `reset()`
+    before the next video."""
+
+    def __init__(self, model: VidEoMT) -> None:
+        super().__init__()
+        self.model = model
+        self.state: VideoState = model.init_state()
+
+    def reset(self) -> None:
+        """Start a new video (the learned queries start its first frame)."""
+        self.state = self.model.init_state()
+
+    def forward(self, frames: Tensor) -> _Output:
+        """(B, 3, H, W) frames in time order -> class logits (B, K, C+1), mask logits (B, K, h, w)."""
+        outs = []
+        for t in range(frames.shape[0]):  # in order: frame t starts from frame t-1's queries
+            out, self.state = self.model.step(frames[t : t + 1], self.state)
+            outs.append(out)
+        return _Output(torch.cat([o.class_logits for o in outs]), torch.cat([o.mask_logits for o in outs]))
+
+
+class VideoPredictor:
+    """Segment videos frame by frame with track ids (module docstring).
+
+    model: a `Predictor`, a `VidEoMT`, or what `Predictor` accepts (an EoMT, a checkpoint path...);
+    options: `Predictor`'s keyword arguments (task, device, dtype, batch_size, thresholds...) when
+    the model is not a Predictor already. track_threshold: instances scoring below it get no track.
+    """
+
+    def __init__(self, model: Predictor | VidEoMT | Any, track_threshold: float = 0.5, **options: Any) -> None:
+        self.streaming: StreamingNetwork | None = None
+        if isinstance(model, VidEoMT):
+            if options.get("tile") is not None or options.get("compile"):
+                raise ValueError("VideoPredictor: a VidEoMT runs frame by frame: no tile, no compile")
+            predictor = Predictor(model.eomt, **options)
+            if predictor.task == "semantic":
+                raise ValueError("VideoPredictor: a VidEoMT runs whole frames; the semantic task cuts "
+                                 "frames into windows (use panoptic or instance)")
+            self.streaming = StreamingNetwork(model).to(predictor.device).eval()
+            predictor._network = self.streaming  # the pre- and post-processing stay the image model's
+            model = predictor
+        self.predictor = model if isinstance(model, Predictor) else Predictor(model, **options)
+        self.track_threshold = track_threshold
+
+    @property
+    def task(self) -> str:
+        """The task of the results: panoptic, instance or semantic."""
+        return self.predictor.task
+
+    def frames(self, frames: Iterable[tuple[int, Tensor]], rate: Fraction | float = 1) -> Iterator[VideoFrame]:
+        """`VideoFrame`s of (source index, RGB (3, H, W)) frames given in time order, at `rate`
+        source frames per second; `predictor.batch_size` frames per forward pass."""
+        if self.streaming is not None:
+            self.streaming.reset()
+        linker = MaskLinker()
+        pending: list[tuple[int, Tensor]] = []
+
+        def flush() -> Iterator[VideoFrame]:
+            results = self.predictor.predict_tensors([image for _, image in pending])
+            for (index, image), result in zip(pending, results):
+                keep = result.scores >= self.track_threshold if isinstance(result, InstanceResult) else None
+                yield VideoFrame(index, float(index / rate), image, result, linker.update(result, keep))
+            pending.clear()
+
+        for item in frames:
+            pending.append(item)
+            if len(pending) >= self.predictor.batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    def __call__(self, path: str | Path, stride: int = 1, max_frames: int | None = None) -> Iterator[VideoFrame]:
+        """`VideoFrame`s of a video file: frames 0, stride, 2*stride, ..., at most `max_frames`.
+        Raises `VideoReadError` (file named) for a file that cannot be opened or decoded."""
+        with VideoReader(path) as reader:
+            yield from self.frames(reader.read_frames(stride, max_frames), reader.info.rate)
+
+
+def youtube_vis_tracks(frames: Sequence[dict[str, Any]], video_id: int) -> list[dict[str, Any]]:
+    """YouTube-VIS results of one video from its frame records (each {"instances": [COCO entries
+    with "track_id"]}, one per kept frame): one entry per track, {"video_id", "category_id",
+    "score" (mean over the frames it is in), "segmentations": an RLE or None per kept frame}."""
+    tracks: dict[int, dict[str, Any]] = {}
+    for t, frame in enumerate(frames):
+        for inst in frame["instances"]:
+            tid = inst.get("track_id")
+            if tid is None:
+                continue
+            track = tracks.setdefault(tid, {"video_id": video_id, "category_id": inst["category_id"],
+                                            "scores": [], "segmentations": [None] * len(frames)})
+            track["scores"].append(inst["score"])
+            track["segmentations"][t] = inst["segmentation"]
+    out = []
+    for tid in sorted(tracks):
+        track = tracks[tid]
+        scores = track.pop("scores")
+        out.append({**track, "score": round(sum(scores) / len(scores), 6), "track_id": tid})
+    return out

@@ -1,0 +1,115 @@
+"""The result files of `eomt predict` for a video `<stem>.<ext>` (input number `video_id`, from 1):
+
+- `<stem>_overlay.mp4`: the kept frames annotated (one colour per track, a legend of the tracks in
+  view; `eomt.inference.video_overlay`), at the source rate divided by the stride (H.264 where the
+  FFmpeg build has it, else MPEG-4);
+- panoptic: `<stem>_frames/<frame>_panoptic.png` per kept frame (COCO panoptic colours), semantic:
+  `<stem>_frames/<frame>_semantic.png` (class indices); `<frame>` is the source frame index, 6 digits;
+- `<stem>_video.json`: {"source", "video_id", "task", "fps" (source), "stride", "output_fps",
+  "height", "width", "num_frames" (kept), "frames": one record per kept frame: {"frame" (source
+  index), "time" (seconds), and "png" + "segments_info" (panoptic: COCO segments, each with
+  "track_id"), "instances" (COCO results with RLE masks, each with "track_id", null below the track
+  threshold) or "png" + "classes" (semantic: the class indices present)};
+- instance: the video's tracks in YouTube-VIS results form (`video.youtube_vis_tracks`), which the
+  command gathers over all videos into `youtube_vis_results.json`.
+Each file is written atomically; the JSON last, so `<stem>_video.json` means the video is complete.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from eomt.inference import formats
+from eomt.inference.io import write_json, write_png
+from eomt.inference.video import VideoFrame, VideoPredictor, youtube_vis_tracks
+from eomt.inference.video_io import VideoReader, VideoReadError, VideoWriter
+from eomt.inference.video_overlay import FrameAnnotator
+
+VIS_RESULTS_NAME = "youtube_vis_results.json"
+
+
+@dataclass
+class VideoOutcome:
+    """What became of one video: its files `written`, `frames` done in `seconds`, its YouTube-VIS
+    `tracks` (instance task), or the `error` line that stopped it."""
+
+    source: Path
+    written: list[Path] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def _frame_record(frame: VideoFrame, task: str, stem: str, out: Path, video_id: int, num_classes: int,
+                  category_ids: Sequence[int] | None, written: list[Path]) -> dict[str, Any]:
+    """The record of one frame in `<stem>_video.json`, writing its PNG (panoptic, semantic)."""
+    record: dict[str, Any] = {"frame": frame.index, "time": round(frame.time, 6)}
+    name = f"{stem}_frames/{frame.index:06d}_{task}.png"
+    if task == "panoptic":
+        written.append(write_png(out / name, formats.id_to_rgb(frame.result.segmentation)))
+        entry = formats.panoptic_to_coco(frame.result, video_id, name, category_ids)
+        segments = [{**s, "track_id": t} for s, t in zip(entry["segments_info"], frame.track_ids)]
+        record.update(png=name, segments_info=segments)
+    elif task == "instance":
+        entries = formats.instances_to_coco(frame.result, video_id, category_ids)
+        record["instances"] = [{**e, "track_id": t} for e, t in zip(entries, frame.track_ids)]
+    else:
+        written.append(write_png(out / name, formats.semantic_to_png_array(frame.result, num_classes)))
+        record.update(png=name, classes=[int(c) for c in frame.track_ids])
+    return record
+
+
+def write_video(
+    predictor: VideoPredictor,
+    source: Path,
+    out: Path,
+    stem: str,
+    video_id: int,
+    *,
+    stride: int = 1,
+    max_frames: int | None = None,
+    category_ids: Sequence[int] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+    on_frame: Callable[[], None] | None = None,
+) -> VideoOutcome:
+    """Segment the video `source` and write its files into `out` (module docstring).
+
+    on_start(kept frame count, None if unknown) is called once the file is open, on_frame() after
+    each frame (a progress bar). Raises `VideoReadError` / `MissingFileError` for a file that
+    cannot be read (a partial overlay video is removed; frame PNGs already written stay).
+    """
+    task, cfg = predictor.task, predictor.predictor.config
+    names = predictor.predictor.class_names
+    written: list[Path] = []
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with VideoReader(source) as reader:
+        info = reader.info
+        if on_start is not None:
+            on_start(info.kept_frames(stride, max_frames))
+        overlay_path = out / f"{stem}_overlay.mp4"
+        annotate: FrameAnnotator | None = None
+        with VideoWriter(overlay_path, info.rate / stride) as video:
+            for frame in predictor.frames(reader.read_frames(stride, max_frames), info.rate):
+                h, w = frame.image.shape[-2:]
+                if annotate is None:
+                    annotate = FrameAnnotator(h, w, names, max_track=max(99, cfg.num_queries))
+                video.write(annotate(frame.image, frame.result, frame.track_ids))
+                records.append(_frame_record(frame, task, stem, out, video_id, cfg.num_classes,
+                                             category_ids, written))
+                if on_frame is not None:
+                    on_frame()
+            if not records:  # leaves the `with`: no overlay video is put in place
+                raise VideoReadError(f"{source}: cannot read video: no frame could be decoded")
+        written.append(overlay_path)
+    seconds = time.perf_counter() - start
+    document = {"source": str(source), "video_id": video_id, "task": task, "fps": round(info.fps, 6),
+                "stride": stride, "output_fps": round(info.fps / stride, 6), "height": info.height,
+                "width": info.width, "num_frames": len(records), "frames": records}
+    written.append(write_json(out / f"{stem}_video.json", document))
+    tracks = youtube_vis_tracks(records, video_id) if task == "instance" else []
+    return VideoOutcome(source, written, len(records), seconds, tracks)
