@@ -147,3 +147,22 @@ def test_track_ids_follow_the_moving_objects(trained_synthetic_model: tuple[Path
         assert len(set(ids)) <= 1, f"object {k}: track ids {ids}"
         followed += len(ids) >= 6
     assert followed >= 2  # sky and ground at least, in most frames
+
+
+def test_a_videomt_checkpoint_tracks_by_its_queries(inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from eomt.checkpoints import save_video_model
+    from eomt.models import VidEoMT
+
+    model = VidEoMT(tiny_config(task="instance", class_names=("a", "b", "c", "d", "e")))
+    path = save_video_model(model, tmp_path / "video.safetensors")
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(path), "--task", "instance", str(inputs / "clip.mp4"),
+                 str(inputs / "still.png"), "--out", str(out), "--threshold", "0.0", "--vis-threshold", "0.0"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "clip_video.json").read_text())
+    ids = [i["track_id"] for f in doc["frames"] for i in f["instances"]]
+    assert ids and all(0 <= i < model.config.num_queries for i in ids)  # the query is the identity
+    assert (out / "still_overlay.png").is_file()  # an image goes through the VidEoMT's image model
+    assert main(["predict", "--model", str(path), "--task", "instance", str(inputs / "clip.mp4"), "--out",
+                 str(tmp_path / "o2"), "--tile", "64"]) == 1
+    assert "--tile / --compile: a VidEoMT runs whole frames" in capsys.readouterr().err

@@ -85,10 +85,14 @@ class PanopticResult:
     segmentation: (H, W) int64 segment ids, 0 = no segment (void).
     segments: one dict per segment id: {"id", "category_id" (0-based class), "isthing", "score",
     "area"}.
+    queries: (n,) int64, the network query that made each segment, in segment order (a stuff
+    segment: the first query of its class); None where not known (tiled or joined results). A
+    video model's query is the track identity.
     """
 
     segmentation: Tensor
     segments: list[dict[str, Any]] = field(default_factory=list)
+    queries: Tensor | None = None
 
 
 class RLEMasks:
@@ -200,11 +204,14 @@ class InstanceResult:
 
     masks: a bool tensor, or, for large images (see `eomt.inference.postprocess.instance`'s
     `mask_format`), `RLEMasks`, which index and iterate like the tensor, one mask at a time.
+    queries: (N,) int64, the network query of each instance; None where not known (tiled or joined
+    results). A video model's query is the track identity.
     """
 
     masks: Masks
     labels: Tensor
     scores: Tensor
+    queries: Tensor | None = None
 
 
 @dataclass

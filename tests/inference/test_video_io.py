@@ -200,3 +200,27 @@ def test_video_predictor_streams_a_videomt_over_batches_and_videos(clip: tuple[P
     # The propagation matters: frame 2 differs from the same frame run as a first frame.
     alone = next(iter(by_three.frames([(2, first[1].image)], rate=12)))
     assert not torch.allclose(alone.result.scores, first[1].result.scores)
+
+
+def test_a_videomt_tracks_by_its_queries(clip: tuple[Path, np.ndarray]) -> None:
+    from eomt.config import tiny_config
+    from eomt.inference.video import VideoPredictor
+    from eomt.models.video import VidEoMT
+
+    torch.manual_seed(0)
+    model = VidEoMT(tiny_config(task="instance")).eval()
+    frames = list(VideoPredictor(model, task="instance", track_threshold=0.0, threshold=0.0)(clip[0], max_frames=3))
+    for f in frames:  # every instance's track id is the query that made it
+        assert f.result.queries is not None and f.track_ids == f.result.queries.tolist()
+    k = model.config.num_queries
+    stuff = (3, 4)
+    model = VidEoMT(tiny_config(task="panoptic", stuff_classes=stuff)).eval()
+    with torch.no_grad():  # every query confident: segments of things and of stuff
+        model.eomt.class_head.bias.copy_(torch.tensor([0.0, 0, 9, 9, 0, -9]))
+    frames = list(VideoPredictor(model, task="panoptic", threshold=0.1, overlap_threshold=0.0)(clip[0], max_frames=2))
+    kinds = {s["isthing"] for f in frames for s in f.result.segments}
+    assert kinds == {True, False}  # both rules are exercised
+    for f in frames:
+        assert f.track_ids and len(f.track_ids) == len(f.result.segments)
+        for track, segment, query in zip(f.track_ids, f.result.segments, f.result.queries.tolist()):
+            assert track == (k + segment["category_id"] if segment["category_id"] in stuff else query)

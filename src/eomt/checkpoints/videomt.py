@@ -94,6 +94,24 @@ def is_video_metadata(metadata: dict[str, str]) -> bool:
     return native.is_native(metadata) and metadata.get(KIND_KEY) == VIDEO_KIND
 
 
+def is_video_source(source: str | Path) -> bool:
+    """True for a local VidEoMT our loaders mark as such without reading its tensors: our file (its
+    safetensors metadata) or a transformers `VideomtForUniversalSegmentation` folder (its config.json).
+    Official release files are told apart only by `load_video_model` (they hold no marker)."""
+    path = Path(source)
+    if path.is_dir():
+        return _hf_model_type(path) == HF_MODEL_TYPE
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return is_video_metadata(dict(f.metadata() or {}))
+        except Exception:  # not readable as safetensors: the image loader names the problem
+            return False
+    return False
+
+
 def load_video_model(
     source: str | Path,
     *,

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from eomt.config import TASKS
 
@@ -180,8 +181,11 @@ def run(args: argparse.Namespace) -> int:
     paths = [p for p in inputs if not is_video(p)]
     videos = [p for p in inputs if is_video(p)]
     ids = result_log.image_ids(paths, args.images_json)
+    video_model = _video_model(args)  # a VidEoMT checkpoint: its image model segments the images
+    if video_model is not None and videos and (args.tile is not None or args.compile):
+        raise OptionError("--tile / --compile: a VidEoMT runs whole frames one at a time; leave them out")
     predictor = Predictor(
-        args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        video_model.eomt if video_model is not None else args.model, task=args.task, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         compile=args.compile or False,
         threshold=args.threshold, mask_threshold=args.mask_threshold,
         overlap_threshold=args.overlap_threshold, top_k=args.top_k,
@@ -228,8 +232,30 @@ def run(args: argparse.Namespace) -> int:
     if videos:  # after the images: `eomt.commands.predict_video`
         from eomt.commands.predict_video import run_videos
 
-        failed_videos, _ = run_videos(args, predictor, videos, [all_stems[v] for v in videos], category_ids)
+        source = predictor if video_model is None else _video_predictor(video_model, predictor, args)
+        failed_videos, _ = run_videos(args, source, videos, [all_stems[v] for v in videos], category_ids)
         bad += [str(v) for v in failed_videos]
     if bad:
         print(f"eomt predict: failed: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _video_model(args: argparse.Namespace) -> Any:
+    """The VidEoMT that `--model` names (our file or a transformers folder), else None."""
+    from eomt.checkpoints.videomt import is_video_source, load_video_model
+
+    return load_video_model(args.model).to(args.device) if is_video_source(args.model) else None
+
+
+def _video_predictor(model: Any, predictor: Any, args: argparse.Namespace) -> Any:
+    """A `VideoPredictor` streaming `model` (VidEoMT) with the options of the image `predictor`."""
+    from eomt.inference.video import VideoPredictor
+
+    try:
+        return VideoPredictor(model, track_threshold=args.vis_threshold, task=predictor.task, device=args.device,
+                              dtype=args.dtype, batch_size=args.batch_size, threshold=args.threshold,
+                              mask_threshold=args.mask_threshold, overlap_threshold=args.overlap_threshold,
+                              top_k=args.top_k, max_pixels=args.max_pixels or None)
+    except ValueError as e:
+        raise OptionError(f"--task {predictor.task}: {e}") from None
+

@@ -28,7 +28,8 @@ def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Pat
     from eomt.inference.video_writers import VIS_RESULTS_NAME, write_video
 
     args.out.mkdir(parents=True, exist_ok=True)
-    video_predictor = VideoPredictor(predictor, track_threshold=args.vis_threshold)
+    video_predictor = predictor if isinstance(predictor, VideoPredictor) else VideoPredictor(
+        predictor, track_threshold=args.vis_threshold)
     failed: list[Path] = []
     written, frames, seconds, tracks = 0, 0, 0.0, []
     for video_id, (source, stem) in enumerate(zip(videos, stems), start=1):

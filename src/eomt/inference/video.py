@@ -11,9 +11,14 @@ out of the overlay and the YouTube-VIS tracks).
 
 A `VidEoMT` (`eomt.models.video`) runs streaming: its query blocks see the frames one at a time in
 order, carrying the propagated queries (`VidEoMT.step`), behind the same pre- and post-processing
-as the image model (`StreamingNetwork`). Its query k is one object in every frame, so it would need
-no linking; until the post-processing reports which query made each segment, its segments are
-linked by the same rules.
+as the image model (`StreamingNetwork`). Its query k is one object in every frame (VidEoMT's query
+propagation), so no linking is done: the track id of a thing segment or an instance is the index
+of the query that made it (`PanopticResult.queries`, `InstanceResult.queries`). A segment that
+disappears keeps its id for as long as the video runs: when its query finds it again, in any later
+frame, it has the same id; a new object taken by a query that had another object before shares
+that id (the network's own identity, as the official VidEoMT evaluation). A stuff segment (one per
+class and frame, made by the first query of its class) is tracked by its class: id K + class index
+(K = the number of queries), so it never collides with a query.
 """
 
 from __future__ import annotations
@@ -118,7 +123,9 @@ class VideoPredictor:
             results = self.predictor.predict_tensors([image for _, image in pending])
             for (index, image), result in zip(pending, results):
                 keep = result.scores >= self.track_threshold if isinstance(result, InstanceResult) else None
-                yield VideoFrame(index, float(index / rate), image, result, linker.update(result, keep))
+                ids = query_track_ids(result, keep, self.streaming.model.config.num_queries) if (
+                    self.streaming is not None) else linker.update(result, keep)
+                yield VideoFrame(index, float(index / rate), image, result, ids)
             pending.clear()
 
         for item in frames:
@@ -133,6 +140,19 @@ class VideoPredictor:
         Raises `VideoReadError` (file named) for a file that cannot be opened or decoded."""
         with VideoReader(path) as reader:
             yield from self.frames(reader.read_frames(stride, max_frames), reader.info.rate)
+
+
+def query_track_ids(result: Result, keep: Tensor | None, num_queries: int) -> list[int | None]:
+    """Track ids of a video model's result (module docstring): an instance's or thing segment's
+    query index, K + class for a stuff segment; None for an instance below the track threshold
+    (`keep` False). Raises ValueError for a result without query indices (a tiled one)."""
+    if isinstance(result, SemanticResult) or result.queries is None:
+        raise ValueError("query_track_ids: the result has no query indices (panoptic or instance, untiled)")
+    queries = result.queries.tolist()
+    if isinstance(result, InstanceResult):
+        kept = keep.tolist() if keep is not None else [True] * len(queries)
+        return [q if k else None for q, k in zip(queries, kept)]
+    return [q if s["isthing"] else num_queries + s["category_id"] for q, s in zip(queries, result.segments)]
 
 
 def youtube_vis_tracks(frames: Sequence[dict[str, Any]], video_id: int) -> list[dict[str, Any]]:

@@ -91,13 +91,13 @@ def instance(
         rows = inverse[sel]
         if rle:
             masks = RLEMasks([rles[r] for r in rows.tolist()], meta.original_size, mask_logits.device)
-            results.append(InstanceResult(masks, labels[sel], scores[sel]))
+            results.append(InstanceResult(masks, labels[sel], scores[sel], queries[sel]))
             continue
         if binary.shape[0] > len(uniq):
             binary = _gather_rows_in_place(binary, rows)
         elif not torch.equal(rows, torch.arange(len(uniq), device=rows.device)):
             binary = binary[rows]  # a copy; skipped when the instances are the queries in order
-        results.append(InstanceResult(binary, labels[sel], scores[sel]))
+        results.append(InstanceResult(binary, labels[sel], scores[sel], queries[sel]))
     return results
 
 

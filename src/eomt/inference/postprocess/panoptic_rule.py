@@ -66,7 +66,8 @@ def panoptic(
         idx = keep[i].nonzero()[:, 0]  # (K,) kept queries, in query order
         h, w = meta.original_size
         if idx.numel() == 0:
-            results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), []))
+            none = torch.zeros(0, dtype=torch.long, device=device)
+            results.append(PanopticResult(torch.zeros(h, w, dtype=torch.long, device=device), [], none))
             continue
         low, kept_scores = mask_logits[i, idx], scores[i, idx]
         if is_large(idx.numel(), (h, w)):  # one query at a time into per-pixel state
@@ -79,7 +80,9 @@ def panoptic(
                 assignment = _assign_pixels(logits, kept_scores, mask_threshold, from_logits=True)
             else:
                 assignment = plan.resolve(logits)
-        results.append(_merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w)))
+        result = _merge_segments(*assignment, kept_scores, classes[i, idx], is_stuff_class, overlap_threshold, (h, w))
+        result.queries = idx[result.queries]  # kept-query positions -> the network's query indices
+        results.append(result)
     return results
 
 
@@ -197,5 +200,5 @@ def _merge_segments(
             zip(classes[q].tolist(), is_stuff_class[classes[q]].tolist(), scores[q].tolist(), areas.tolist())
         )
     ]
-    return PanopticResult(segmentation, segments)
+    return PanopticResult(segmentation, segments, q)
 
