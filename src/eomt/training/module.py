@@ -45,6 +45,10 @@ class EoMTModule(pl.LightningModule):
         (`TrainConfig.total_steps`), which the LR schedule and mask annealing are fractions of.
     """
 
+    # Where the ViT's parameters are in `network` (its layer-wise LR decay groups); a network that
+    # wraps an EoMT (VidEoMT) names its own.
+    backbone_prefix = "backbone."
+
     def __init__(self, config: ExperimentConfig | Mapping[str, Any], network: EoMT | None = None,
                  total_steps: int = 1) -> None:
         super().__init__()
@@ -105,6 +109,7 @@ class EoMTModule(pl.LightningModule):
             llrd=t.llrd,
             weight_decay=t.weight_decay,
             llrd_l2_enabled=t.llrd_l2_enabled,
+            backbone_prefix=self.backbone_prefix,
         )
         for g in groups:
             g.pop("names", None)

@@ -30,7 +30,6 @@ from eomt.models.video import VidEoMT
 from eomt.training.data_module import global_batch_positions
 from eomt.training.module import DivergenceError, EoMTModule
 from eomt.training.points import image_generators
-from eomt.training.schedules import llrd_param_groups, warmup_poly_lambdas
 from eomt.training.video_data import Tracks, VideoDataModule
 from eomt.training.video_losses import VideoMaskClassificationLoss
 from eomt.training.video_matcher import stack_clip_targets
@@ -45,8 +44,12 @@ class VideoEoMTModule(EoMTModule):
 
     The image module's optimizer step hooks (gradient clipping, divergence checks, checkpoint
     hooks) are reused; the network, the loss, the optimizer groups and the training step are the
-    video ones. `network` defaults to a fresh VidEoMT of `config.model`.
+    video ones. `network` defaults to a fresh VidEoMT of `config.model`. The optimizer is the image
+    module's (AdamW over the official LLRD groups of the ViT, found under `backbone_prefix`; the
+    propagation layer at the full rate), warm-up and poly decay stepped per optimizer step.
     """
+
+    backbone_prefix = BACKBONE_PREFIX
 
     def __init__(self, config: ExperimentConfig | dict[str, Any], network: VidEoMT | None = None,
                  total_steps: int = 1) -> None:
@@ -69,23 +72,6 @@ class VideoEoMTModule(EoMTModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Nothing to anneal: VidEoMT has no masked attention."""
-
-    def configure_optimizers(self) -> Any:
-        """AdamW over the official LLRD groups (`schedules.llrd_param_groups` on the VidEoMT's ViT),
-        the two-stage warm-up and poly decay, stepped per optimizer step."""
-        t, m = self.cfg.train, self.cfg.model
-        world = self.trainer.world_size if self._trainer is not None else 1
-        lr = t.scaled_lr(self.cfg.data.batch_size * world)
-        groups = llrd_param_groups(self.network, lr, depth=m.depth, num_blocks_l2=m.num_blocks, llrd=t.llrd,
-                                   weight_decay=t.weight_decay, llrd_l2_enabled=t.llrd_l2_enabled,
-                                   backbone_prefix=BACKBONE_PREFIX)
-        for g in groups:
-            g.pop("names", None)
-        fused = self.fused_optimizer if self.fused_optimizer is not None else self._fused_allowed()
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=t.weight_decay, fused=fused)
-        lambdas = warmup_poly_lambdas(groups, self.total_steps, t.warmup(self.total_steps), t.poly_power)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: tuple[Tensor, list[Tracks]], batch_idx: int) -> Tensor:
         """Loss of a batch of clips (B, T, 3, H, W) and their tracks, on every frame and block."""
