@@ -36,3 +36,15 @@ def test_export_takes_a_preset_name(tmp_path, capsys) -> None:
                    "--img-size", "64", "64", "--out", str(out)])
     assert rc == 0 and out.is_file()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_video_and_merging_names_are_reachable_from_eomt() -> None:
+    import eomt
+    from eomt.checkpoints import load_video_model
+    from eomt.inference.video import VideoPredictor
+    from eomt.models.merging import TokenMerging
+    from eomt.models.video import VidEoMT
+
+    assert (eomt.VidEoMT, eomt.VideoPredictor, eomt.load_video_model, eomt.TokenMerging) == (
+        VidEoMT, VideoPredictor, load_video_model, TokenMerging)
+    assert {"VidEoMT", "VideoPredictor", "load_video_model", "save_video_model", "TokenMerging"} <= set(eomt.__all__)

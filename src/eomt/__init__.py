@@ -25,6 +25,11 @@ _LAZY = {
     "load_model": "eomt.checkpoints",
     "save_model": "eomt.checkpoints",
     "save_transformers": "eomt.checkpoints",
+    "VidEoMT": "eomt.models.video",
+    "VideoPredictor": "eomt.inference.video",
+    "load_video_model": "eomt.checkpoints",
+    "save_video_model": "eomt.checkpoints",
+    "TokenMerging": "eomt.models.merging",
 }
 # Subpackages reachable as attributes after `import eomt` (e.g. `eomt.checkpoints.save_official`).
 _SUBMODULES = ("checkpoints", "data", "evaluation", "export", "inference", "training")
