@@ -119,6 +119,14 @@ class EoMTModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def log_training_loss(self, total: Tensor, losses: dict[str, Tensor], batch_size: int) -> None:
+        """Stop on a non-finite loss (`DivergenceError`), else log the total and each term."""
+        if not torch.isfinite(total):
+            raise DivergenceError(self._diverged("train/loss", total))
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+        for key, value in losses.items():
+            self.log(f"losses/train_{key}", value, on_step=True, on_epoch=False, batch_size=batch_size)
+
     def _fused_allowed(self) -> bool:
         """Fused AdamW (one kernel over all parameters) on CUDA and CPU, except under a GradScaler
         (16-mixed on CUDA) with clipping: the fused step unscales the gradients itself, after the
@@ -183,17 +191,12 @@ class EoMTModule(pl.LightningModule):
             for t in targets
         ]
         total, losses = self.criterion.forward_blocks(masks, classes, targets, generator=generators)
-        if not torch.isfinite(total):
-            raise DivergenceError(self._diverged("train/loss", total))
-        bs = images.shape[0]
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
-        for key, value in losses.items():
-            self.log(f"losses/train_{key}", value, on_step=True, on_epoch=False, batch_size=bs)
+        self.log_training_loss(total, losses, images.shape[0])
         opt = self.optimizers()
         if not isinstance(opt, list):
             for i, group in enumerate(opt.param_groups[:1] + opt.param_groups[-1:]):
                 name = "backbone" if group.get("is_backbone") else "head"
-                self.log(f"lr/{name}", group["lr"], on_step=True, on_epoch=False, batch_size=bs)
+                self.log(f"lr/{name}", group["lr"], on_step=True, on_epoch=False, batch_size=images.shape[0])
         return total
 
     # ------------------------------------------------------------------ checkpoints

@@ -28,7 +28,7 @@ from eomt import files
 from eomt.config import ExperimentConfig, LabelSpace
 from eomt.models.video import VidEoMT
 from eomt.training.data_module import global_batch_positions
-from eomt.training.module import DivergenceError, EoMTModule
+from eomt.training.module import EoMTModule
 from eomt.training.points import image_generators
 from eomt.training.video_data import Tracks, VideoDataModule
 from eomt.training.video_losses import VideoMaskClassificationLoss
@@ -86,12 +86,7 @@ class VideoEoMTModule(EoMTModule):
         masks = [*out.mask_logits_per_block, out.mask_logits]
         classes = [*out.class_logits_per_block, out.class_logits]
         total, losses = self.criterion.forward_blocks(masks, classes, targets, generator=generators)
-        if not torch.isfinite(total):
-            raise DivergenceError(self._diverged("train/loss", total))
-        bs = clips.shape[0]
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
-        for key, value in losses.items():
-            self.log(f"losses/train_{key}", value, on_step=True, on_epoch=False, batch_size=bs)
+        self.log_training_loss(total, losses, clips.shape[0])
         return total
 
 
