@@ -68,6 +68,25 @@ def test_global_merge_then_unmerge_restores_duplicates_and_sums_sizes() -> None:
     assert torch.allclose(unmerge(state.x, state.source), x, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", [1, 6])
+def test_adaptive_global_count_is_algm_mean_plus_std_over_layer_per_image_then_the_batch_minimum(layer: int) -> None:
+    x = torch.randn(3, 40, 8)
+    x[0, 0:8:2] = x[0, 1:9:2] + 0.01 * torch.randn(4, 8)  # image 0: four A tokens near-duplicate a B token
+    f = torch.nn.functional.normalize(x, dim=-1)
+    best = (f[:, 0::2] @ f[:, 1::2].transpose(1, 2)).amax(-1)  # (3, 20) node maxima
+    per_image = (best >= best.mean(1, keepdim=True) + best.std(1, keepdim=True, correction=0) / layer).sum(1)
+    dest, m = global_assignment(x, None, layer)
+    r = int(per_image.min())
+    assert r > 0 and m == 40 - r
+    for i in range(3):  # the r A tokens with the highest node max left, each into its best B token
+        gone = torch.zeros(20, dtype=torch.bool)
+        gone[best[i].topk(r).indices] = True
+        kept_a = dest[i, 0::2][~gone]
+        assert kept_a.unique().numel() == 20 - r  # the kept A tokens keep their own places
+        assert set(dest[i, 0::2][gone].tolist()) <= set(dest[i, 1::2].tolist())
+    assert torch.equal(global_assignment(x, 2.0, layer)[0], torch.arange(40).expand(3, 40))  # a fixed tau: none
+
+
 def test_odd_grids_keep_their_last_row_and_column_unmerged() -> None:
     grid = (3, 5)  # 2 windows; row 2 and column 4 belong to none
     x = torch.ones(1, 15, 4)
@@ -161,6 +180,8 @@ def test_training_and_masked_attention_refuse_merging() -> None:
 def test_settings_are_checked() -> None:
     assert as_token_merging(True) == TokenMerging() and as_token_merging(0.9) == TokenMerging(threshold=0.9)
     assert as_token_merging(None) is None and as_token_merging(False) is None
+    with pytest.raises(ValueError, match="global_threshold: nan"):
+        TokenMerging(global_threshold=float("nan"))
     with pytest.raises(ValueError, match="global_after=2 do not fit a 4-block ViT"):
         TokenMerging(local_after=2).blocks(4)
     with pytest.raises(ValueError, match="threshold"):

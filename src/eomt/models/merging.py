@@ -6,9 +6,11 @@ Training-free, two stages, as the EoMT paper applies it (Table 9, appendix "Toke
    first layer): every 2x2 window of patch tokens whose mean pairwise cosine similarity is >= tau
    becomes one token, the mean of the four, of size 4.
 2. Global merging (GBM, global bipartite merging) after block `global_after` (ALGM: halfway through
-   the network): the patch tokens are split alternately into two sets A and B; each A token whose
-   most similar B token has cosine similarity >= tau is averaged into it (size-weighted). The count
-   adapts to the image (a uniform image merges more), which is ALGM's adaptive count.
+   the network): the patch tokens are split alternately into two sets A and B, and each A token is
+   paired with its most similar B token (its "node max", a cosine similarity). ALGM's adaptive count:
+   the A tokens whose node max is at least the mean plus one standard deviation of the image's node
+   maxima are averaged into their B tokens (size-weighted), so the count follows the image's own
+   similarity statistics; `global_threshold` replaces the criterion by a fixed tau.
 
 Batches: the smallest mergeable count over the images of a batch is merged in every image (the
 EoMT paper's rule), the most similar windows / pairs first, so tensors stay dense. Each merged token
@@ -40,14 +42,17 @@ from eomt.models.backbones.dinov3 import patch_coordinates
 class TokenMerging:
     """ALGM settings (inference only).
 
-    threshold: tau, the cosine similarity at or above which tokens merge, in both stages. ALGM
-        sets it once per model from similarity statistics and reports 0.88 for its ViT-S/B
-        Segmenters; a value above 1 merges nothing.
+    threshold: tau of the local stage, the mean pairwise cosine similarity at or above which a 2x2
+        window merges. ALGM sets it once per model from similarity statistics and reports 0.88
+        for its ViT-S/B Segmenters; a value above 1 merges nothing (and switches the global stage
+        off with it, so that "merge nothing" means the plain network).
     local_after: run local merging (CLAP) on the tokens after this many blocks (ALGM: 1, "in the
         first network layer").
     global_after: run global merging (GBM) after this many blocks; None = depth // 2 (ALGM:
         "halfway through the network"); 0 switches global merging off.
-    global_threshold: tau of the global stage; None = `threshold` (one tau for both, as ALGM).
+    global_threshold: None = ALGM's adaptive count in the global stage (an A token merges when its
+        node max is >= mean + std of the image's node maxima); a float = a fixed tau instead (the
+        A tokens whose node max is >= it).
     """
 
     threshold: float = 0.88
@@ -58,6 +63,9 @@ class TokenMerging:
     def __post_init__(self) -> None:
         if not math.isfinite(self.threshold) or not -1.0 <= self.threshold:
             raise ValueError(f"token_merging.threshold: {self.threshold!r} is not a cosine similarity (expected >= -1)")
+        g = self.global_threshold
+        if g is not None and (not math.isfinite(g) or g < -1.0):
+            raise ValueError(f"token_merging.global_threshold: {g!r} is not a cosine similarity (expected >= -1, or None: adaptive)")
         if self.local_after < 1:
             raise ValueError(f"token_merging.local_after: {self.local_after} must be >= 1 (blocks run before merging)")
 
@@ -166,18 +174,27 @@ def local_assignment(scores: Tensor, windows: Tensor, count: int) -> tuple[Tenso
     return torch.where(merged, rank.gather(1, w), rest), n - 3 * count
 
 
-def global_assignment(x: Tensor, threshold: float) -> tuple[Tensor, int]:
+def adaptive_threshold(node_max: Tensor, layer: int = 1) -> Tensor:
+    """ALGM's adaptive GBM criterion per image: mean + std / layer of the node maxima (B, Ma) ->
+    (B, 1); `layer` is the 1-based index of the block GBM follows."""
+    return node_max.mean(1, keepdim=True) + node_max.std(1, keepdim=True, correction=0) / layer
+
+
+def global_assignment(x: Tensor, threshold: float | None = None, layer: int = 1) -> tuple[Tensor, int]:
     """Destinations of GBM on tokens (B, M, D): A = even positions, B = odd positions.
 
-    Each A token whose most similar B token has cosine similarity >= threshold may merge into it;
-    the batch rule picks the count, the most similar first. Returns dest (B, M) int64 and the new
-    count M - r (the kept tokens in their order; a merged A token points at its B token).
+    Each A token is paired with its most similar B token (cosine similarity: its node max); those
+    whose node max is >= the threshold may merge (None: `adaptive_threshold`, ALGM's count per
+    image); the batch rule picks the count, the most similar first. Returns dest (B, M) int64 and
+    the new count M - r (the kept tokens in their order; a merged A token points at its B token).
     """
     b, m, _ = x.shape
     f = torch.nn.functional.normalize(x.float(), dim=-1)
     sim = f[:, 0::2] @ f[:, 1::2].transpose(1, 2)  # (B, Ma, Mb)
     best, match = sim.max(-1)  # (B, Ma)
-    r = batch_count(best >= threshold)
+    if best.shape[1] < 2:
+        return torch.arange(m, device=x.device).expand(b, m), m
+    r = batch_count(best >= (adaptive_threshold(best, layer) if threshold is None else threshold))
     if r == 0:
         return torch.arange(m, device=x.device).expand(b, m), m
     gone_a = torch.zeros_like(best, dtype=torch.bool)
@@ -251,8 +268,9 @@ class MergingRun:
             source = torch.arange(n, device=x.device).expand(b, n)
             self.state = merge(Merged(patches, ones, coords, source), dest, m)
         else:
-            tau = self.settings.global_threshold
-            dest, m = global_assignment(patches, self.settings.threshold if tau is None else tau)
+            if self.settings.threshold > 1.0:  # "merge nothing" holds for both stages
+                return x
+            dest, m = global_assignment(patches, self.settings.global_threshold, self.glob)
             if m == n:
                 return x
             if self.state is None:  # nothing merged locally: start from the full grid
