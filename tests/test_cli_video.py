@@ -114,6 +114,25 @@ def test_stride_and_max_frames(options: list[str], frames: list[int], checkpoint
     assert sorted(p.name for p in (out / "clip_frames").iterdir()) == [f"{i:06d}_panoptic.png" for i in frames]
 
 
+def test_skip_existing_passes_over_a_finished_video_and_redoes_it_when_an_option_changes(
+        checkpoint: Path, inputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    clip = inputs / "clip.mp4"
+    argv = ["predict", "--model", str(checkpoint), "--task", "instance", str(clip), "--out", str(out),
+            "--threshold", "0.0", "--vis-threshold", "0.0", "--max-frames", "3", "--skip-existing"]
+    assert main(argv) == 0
+    tracks = json.loads((out / "youtube_vis_results.json").read_text())
+    stamp = (out / "clip_video.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0  # done with the same settings: not segmented again, its tracks kept
+    assert "clip.mp4: already there" in capsys.readouterr().out
+    assert (out / "clip_video.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "youtube_vis_results.json").read_text()) == tracks
+    assert main([*argv[:-2], "2", "--skip-existing"]) == 0  # --max-frames 2: another result
+    assert "already there" not in capsys.readouterr().out
+    assert json.loads((out / "clip_video.json").read_text())["num_frames"] == 2
+
+
 @pytest.mark.parametrize("option", ["--stride", "--max-frames"])
 def test_stride_options_must_be_positive(option: str, checkpoint: Path, inputs: Path, tmp_path: Path, capsys) -> None:
     code = main(["predict", "--model", str(checkpoint), str(inputs / "clip.mp4"), "--out", str(tmp_path / "o"),

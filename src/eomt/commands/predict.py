@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "taken from its \"images\" (matched by file_name); default: 1..N in input order")
     parser.add_argument("--skip-existing", action="store_true",
                         help="resume: pass over images whose results (a line in results.jsonl and its "
-                             "files) are already in --out")
+                             "files) and videos whose results (<stem>_video.json, same options) are already in --out")
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         from eomt.commands.predict_video import run_videos
 
         source = predictor if video_model is None else _video_predictor(video_model, predictor, args)
-        failed_videos, _ = run_videos(args, source, videos, [all_stems[v] for v in videos], category_ids)
+        failed_videos, _ = run_videos(args, source, videos, [all_stems[v] for v in videos], category_ids, settings)
         bad += [str(v) for v in failed_videos]
     if bad:
         print(f"eomt predict: failed: {', '.join(bad)}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from eomt.errors import EomtError
 
@@ -18,9 +18,11 @@ PROGRESS_FORMAT = "{desc} {n_fmt}/{total_fmt} frames {bar} {elapsed}<{remaining}
 
 
 def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Path], stems: Sequence[str],
-               category_ids: Sequence[int] | None) -> tuple[list[Path], int]:
+               category_ids: Sequence[int] | None, settings: dict[str, Any] | None = None) -> tuple[list[Path], int]:
     """Segment `videos` (output names `stems`) into `args.out`; prints one line per failed video and
-    a summary. Returns (the videos that failed, the number of files written)."""
+    a summary. `settings` (the run's options) are kept with each video's results; with
+    `args.skip_existing` a video done with the same ones is not segmented again. Returns (the
+    videos that failed, the number of files written)."""
     from tqdm import tqdm
 
     from eomt.inference.io import write_json
@@ -31,7 +33,7 @@ def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Pat
     video_predictor = predictor if isinstance(predictor, VideoPredictor) else VideoPredictor(
         predictor, track_threshold=args.vis_threshold)
     failed: list[Path] = []
-    written, frames, seconds, tracks = 0, 0, 0.0, []
+    written, frames, seconds, tracks, skipped = 0, 0, 0.0, [], 0
     for video_id, (source, stem) in enumerate(zip(videos, stems), start=1):
         with tqdm(total=None, desc=f"eomt predict {source.name}", unit="frame", file=sys.stderr,
                   bar_format=PROGRESS_FORMAT, leave=False) as bar:
@@ -43,11 +45,17 @@ def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Pat
             try:
                 outcome = write_video(video_predictor, source, args.out, stem, video_id, stride=args.stride,
                                       max_frames=args.max_frames, category_ids=category_ids,
-                                      on_start=start, on_frame=bar.update)
+                                      on_start=start, on_frame=bar.update, settings=settings,
+                                      resume=bool(getattr(args, "skip_existing", False)))
             except (EomtError, OSError) as e:
                 failed.append(source)
                 tqdm.write(f"eomt predict: skipped {e}", file=sys.stderr)
                 continue
+        if outcome.skipped:
+            skipped += 1
+            tracks += outcome.tracks
+            print(f"eomt predict: {source}: already there (--skip-existing)")
+            continue
         written += len(outcome.written)
         frames += outcome.frames
         seconds += outcome.seconds
@@ -58,6 +66,7 @@ def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Pat
         write_json(args.out / VIS_RESULTS_NAME, tracks)
         written += 1
     rate = frames / seconds if seconds else 0.0
-    print(f"eomt predict: {len(videos) - len(failed)} video(s) done, {len(failed)} failed, {frames} frame(s) "
+    already = f" ({skipped} already there)" if skipped else ""
+    print(f"eomt predict: {len(videos) - len(failed)} video(s) done{already}, {len(failed)} failed, {frames} frame(s) "
           f"in {seconds:.1f} s ({rate:.1f} frames/s)")
     return failed, written

@@ -13,15 +13,20 @@
 - instance: the video's tracks in YouTube-VIS results form (`video.youtube_vis_tracks`), which the
   command gathers over all videos into `youtube_vis_results.json`.
 Each file is written atomically; the JSON last, so `<stem>_video.json` means the video is complete.
+It also keeps the `settings` the video was segmented with (model, task, options, stride,
+max_frames, the source's size and modification time): `resume` skips a video whose JSON holds the
+same ones (`eomt predict --skip-existing`) and takes its tracks from there.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from eomt.errors import MissingFileError
 from eomt.inference import formats
 from eomt.inference.io import write_json, write_png
 from eomt.inference.video import VideoFrame, VideoPredictor, youtube_vis_tracks
@@ -42,6 +47,33 @@ class VideoOutcome:
     seconds: float = 0.0
     tracks: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False
+
+
+def video_settings(source: Path, settings: dict[str, Any] | None, stride: int, max_frames: int | None) -> dict[str, Any]:
+    """What makes a video's result files reusable: the run's `settings`, the frame choice and the
+    source file's identity (size, modification time in ns). JSON-normalised for comparison."""
+    stat = source.stat()
+    record = {**(settings or {}), "stride": stride, "max_frames": max_frames,
+              "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    return json.loads(json.dumps(record, default=str))
+
+
+def finished_video(out: Path, stem: str, video_id: int, settings: dict[str, Any]) -> VideoOutcome | None:
+    """The outcome of a video already done with these `settings` (its `<stem>_video.json` and
+    overlay exist, same settings and video id), else None (an unreadable JSON counts as not done)."""
+    path, overlay = out / f"{stem}_video.json", out / f"{stem}_overlay.mp4"
+    if not (path.is_file() and overlay.is_file()):
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if document.get("settings") != settings or document.get("video_id") != video_id:
+        return None
+    records = document.get("frames", [])
+    tracks = youtube_vis_tracks(records, video_id) if document.get("task") == "instance" else []
+    return VideoOutcome(Path(document["source"]), [], tracks=tracks, skipped=True)
 
 
 def _frame_record(frame: VideoFrame, task: str, stem: str, out: Path, video_id: int, num_classes: int,
@@ -75,13 +107,22 @@ def write_video(
     category_ids: Sequence[int] | None = None,
     on_start: Callable[[int | None], None] | None = None,
     on_frame: Callable[[], None] | None = None,
+    settings: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> VideoOutcome:
     """Segment the video `source` and write its files into `out` (module docstring).
 
     on_start(kept frame count, None if unknown) is called once the file is open, on_frame() after
-    each frame (a progress bar). Raises `VideoReadError` / `MissingFileError` for a file that
-    cannot be read (a partial overlay video is removed; frame PNGs already written stay).
+    each frame (a progress bar). settings: the run's options, kept in the JSON; resume: return the
+    finished outcome (`skipped`) when the JSON holds the same settings. Raises `VideoReadError` /
+    `MissingFileError` for a file that cannot be read (a partial overlay video is removed; frame
+    PNGs already written stay).
     """
+    if not source.is_file():
+        raise MissingFileError(f"{source}: no such video file")
+    kept = video_settings(source, settings, stride, max_frames)
+    if resume and (done := finished_video(out, stem, video_id, kept)) is not None:
+        return done
     task, cfg = predictor.task, predictor.predictor.config
     names = predictor.predictor.class_names
     written: list[Path] = []
@@ -109,7 +150,7 @@ def write_video(
     seconds = time.perf_counter() - start
     document = {"source": str(source), "video_id": video_id, "task": task, "fps": round(info.fps, 6),
                 "stride": stride, "output_fps": round(info.fps / stride, 6), "height": info.height,
-                "width": info.width, "num_frames": len(records), "frames": records}
+                "width": info.width, "num_frames": len(records), "settings": kept, "frames": records}
     written.append(write_json(out / f"{stem}_video.json", document))
     tracks = youtube_vis_tracks(records, video_id) if task == "instance" else []
     return VideoOutcome(source, written, len(records), seconds, tracks)
