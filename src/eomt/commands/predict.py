@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     parser.add_argument("--merge-tokens", nargs="?", type=float, const=True, default=None, metavar="TAU",
                         help="ALGM token merging: fewer FLOPs where the image is uniform; optionally the "
-                             "cosine similarity threshold (default 0.88; higher merges less)")
+                             "local stage's cosine similarity threshold (default 0.88; higher merges less, "
+                             "above 1 nothing); the global stage counts adaptively per image")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the network (optionally a mode: max-autotune, reduce-overhead)")
     parser.add_argument("--threshold", type=float, default=None,
