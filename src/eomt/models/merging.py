@@ -263,7 +263,7 @@ class MergingRun:
                 return x
             dest, m = local_assignment(scores, windows, count)
             b = x.shape[0]
-            coords = _patch_coordinates(self.grid, x.device).expand(b, -1, -1)  # (B, N, 2)
+            coords = patch_coordinates(self.grid, x.device)[None].expand(b, -1, -1)  # (B, N, 2)
             ones = torch.ones(b, n, device=x.device)
             source = torch.arange(n, device=x.device).expand(b, n)
             self.state = merge(Merged(patches, ones, coords, source), dest, m)
@@ -276,7 +276,7 @@ class MergingRun:
             if self.state is None:  # nothing merged locally: start from the full grid
                 b = x.shape[0]
                 self.state = Merged(patches, torch.ones(b, n, device=x.device),
-                                    _patch_coordinates(self.grid, x.device).expand(b, -1, -1),
+                                    patch_coordinates(self.grid, x.device)[None].expand(b, -1, -1),
                                     torch.arange(n, device=x.device).expand(b, n))
             self.state = merge(self.state._replace(x=patches), dest, m)
         self.block_inputs = self.backbone.block_inputs_at(self.state.coords)
@@ -298,7 +298,3 @@ class MergingRun:
         m = self.state.x.shape[1]
         return torch.cat([x[:, : x.shape[1] - m], unmerge(x[:, x.shape[1] - m :], self.state.source)], dim=1)
 
-
-def _patch_coordinates(grid: tuple[int, int], device: torch.device) -> Tensor:
-    """Patch-centre (y, x) coordinates in [-1, 1] of a row-major grid: (1, N, 2) fp32."""
-    return patch_coordinates(grid, device)[None]
