@@ -112,7 +112,8 @@ def test_eomt_train_on_clips_from_an_image_checkpoint_writes_a_videomt(tmp_path:
     out = tmp_path / "run"
     args = ["train", "--no-progress", "synthetic/video", f"train.init={init}", f"train.out_dir={out}",
             "model.embed_dim=32", "model.depth=3", "model.num_heads=2", "model.num_queries=6",
-            "model.img_size=[64,64]", "data.options.num_videos=4", "data.options.video_length=4",
+            "model.img_size=[64,64]", "data.options.num_videos=4", "data.options.val_num_videos=2",
+            "data.options.video_length=4",
             "data.clip_length=3", "data.batch_size=2", "train.max_steps=3", "train.num_points=256",
             "train.warmup_steps=[0,0]", "train.lr=1e-3", "train.checkpoint_every_n_steps=0"]
     assert main(args) == 0

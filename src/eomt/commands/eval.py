@@ -1,4 +1,8 @@
-"""`eomt eval CONFIG --checkpoint PATH`: PQ / mIoU / AP of a checkpoint on the config's val split."""
+"""`eomt eval CONFIG --checkpoint PATH`: PQ / mIoU / AP of a checkpoint on the config's val split.
+
+A video config (data.clip_length > 0) evaluates a VidEoMT on whole videos: video AP, AP50, AP75, AR1,
+AR10 and identity switches.
+"""
 
 from __future__ import annotations
 

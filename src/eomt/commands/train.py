@@ -1,4 +1,9 @@
-"""`eomt train CONFIG [section.key=value ...]`: train with the paper's recipe (Lightning engine)."""
+"""`eomt train CONFIG [section.key=value ...]`: train with the paper's recipe (Lightning engine).
+
+A config with data.clip_length > 0 trains a VidEoMT on clips of that many frames (e.g. synthetic/video;
+data.dataset ytvis reads YouTube-VIS data), with the same resume rules, data check and validation
+(video AP and identity switches).
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 The network and its label space are the checkpoint's; the data, the recipe's post-processing
 thresholds and the engine settings are the config's. The dataset's label space must match the
-checkpoint's (`check_label_space`).
+checkpoint's (`check_label_space`). A config with `data.clip_length` > 0 evaluates a VidEoMT on whole
+videos (video AP, identity switches: `eomt.training.video_module`), through the same path
+(`run.run_kind`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eomt.config import ExperimentConfig, ModelConfig
-from eomt.training.data_module import EoMTDataModule
-from eomt.training.module import EoMTModule
-from eomt.training.run import short_list, with_dataset_labels
+from eomt.training.run import run_kind, short_list, with_dataset_labels
 from eomt.training.trainer import make_trainer
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,17 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True,
     """Metrics of the model in `checkpoint` on the config's validation split, reduced over all
     processes, and whether this process is the global rank zero (the one that should report).
     Logs go to `log_dir` (default `eval_log_dir(checkpoint)`), not to the config's `train.out_dir`."""
-    from eomt import checkpoints
-
-    network = checkpoints.load_model(checkpoint, trust_pickle=trust_pickle)
-    data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
+    kind = run_kind(cfg)
+    network = kind.load(checkpoint, trust_pickle)
+    data = kind.data_module(cfg.data, cfg.model, seed=cfg.train.seed)
     data.setup("validate")
     cfg = with_dataset_labels(cfg, data.val_set)
     check_label_space(network.config, cfg.model, checkpoint, f"dataset {cfg.data.dataset}")
     # The network is the checkpoint's; the data, recipe and post-processing are the config's.
     cfg = dataclasses.replace(cfg, model=network.config)
-    if network.masked_attention_active:
+    if getattr(network, "masked_attention_active", False):
         log.warning("%s: masked attention is not fully annealed; evaluating with it", checkpoint)
-    module = EoMTModule(cfg, network)
+    module = kind.module(cfg, network)
     logs = Path(log_dir) if log_dir is not None else eval_log_dir(checkpoint)
     trainer = make_trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(logs))),
                            progress=progress)

@@ -5,6 +5,8 @@ One run lives in `train.out_dir`: `config.yaml` (the resolved config), `checkpoi
 it is the same run, see `rerun`), `data_check.json` (the cached data check, see `preflight`), CSV
 and TensorBoard logs, and `model.safetensors` (the final network with its config, all `predict`
 needs). Evaluation writes its logs elsewhere (`eomt.training.evaluate`), never into a training run.
+A config with `data.clip_length` > 0 trains a VidEoMT on clips through the same path: its data
+module, Lightning module and model file are the `RunKind` of `eomt.training.video_run`.
 
 The typed config travels through: the data module is built from `cfg.data` and the model's task
 and size, the label space is read from its datasets (`LabelSpace`) and resolved into the config
@@ -28,8 +30,9 @@ from eomt.models import EoMT, unwrap_compiled
 from eomt.training.data_module import EoMTDataModule
 from eomt.training.module import EoMTModule
 from eomt.training.trainer import AtomicCheckpointIO, make_trainer
+from eomt.training.video_run import RunKind
 
-__all__ = ["AtomicCheckpointIO", "build_network", "make_trainer", "train", "with_dataset_labels"]
+__all__ = ["AtomicCheckpointIO", "build_network", "make_trainer", "run_kind", "train", "with_dataset_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,41 @@ def build_network(cfg: ExperimentConfig, trust_pickle: bool = False) -> EoMT:
     except CheckpointError as e:
         raise CheckpointError(f"train.init: {e}") from None
     return network
+
+
+def _saved_network(cfg: ExperimentConfig, path: Path) -> EoMT:
+    from eomt.checkpoints.io import read_safetensors
+
+    network = EoMT(cfg.model)  # the same config, so the same shapes
+    network.load_state_dict(read_safetensors(path)[0])
+    return network.eval()
+
+
+def _load_network(source: str, trust_pickle: bool = False) -> EoMT:
+    from eomt.checkpoints import load_model
+
+    return load_model(source, trust_pickle=trust_pickle)
+
+
+def _save_network(network: EoMT, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    from eomt.checkpoints import save_model
+
+    return save_model(network, path, extra=extra)
+
+
+IMAGE = RunKind(
+    name="image", data_module=EoMTDataModule, module=EoMTModule, build=build_network, blank=EoMT,
+    saved=_saved_network, load=_load_network, save=_save_network, check_set=lambda dataset: dataset,
+)
+
+
+def run_kind(cfg: ExperimentConfig) -> RunKind:
+    """The kind of run `cfg` is: an image EoMT, or a VidEoMT on clips (`data.clip_length` > 0)."""
+    if cfg.data.clip_length > 0:
+        from eomt.training.video_run import VIDEO
+
+        return VIDEO
+    return IMAGE
 
 
 def with_dataset_labels(cfg: ExperimentConfig, dataset: Any) -> ExperimentConfig:
@@ -88,17 +126,15 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     weights-only (`trainer.read_training_checkpoint`).
     """
     from eomt.training import preflight, rerun
+    from eomt.training.video_run import check_splits
 
-    if cfg.data.clip_length > 0:  # clips: a VidEoMT (eomt.training.video_module)
-        from eomt.training.video_module import train_video
-
-        return train_video(cfg, progress=progress, trust_pickle=trust_pickle)
+    kind = run_kind(cfg)
     t = cfg.train
     out = Path(t.out_dir)
     pl.seed_everything(t.seed, workers=False, verbose=False)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    data = EoMTDataModule(cfg.data, cfg.model, seed=t.seed)
+    data = kind.data_module(cfg.data, cfg.model, seed=t.seed)
     data.setup("fit")
     cfg = with_dataset_labels(cfg, data.train_set)  # the network and module are built from here on
     trainers: list[pl.Trainer] = []  # built once needed: a refusal or a finished run needs none
@@ -116,14 +152,13 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     if plan.action == "finished":
         log.info("%s", plan.message)
         # Where the run ended: its step budget, or the step of its last checkpoint.
-        return _finished_module(cfg, out, t.max_steps if t.max_steps > 0 else plan.step)
+        return _finished_module(kind, cfg, out, t.max_steps if t.max_steps > 0 else plan.step)
     # The network before anything is written, so a train.init file that does not fit stops the run
     # with the folder untouched. A resumed run takes its weights from the checkpoint, not from init.
-    network = EoMT(cfg.model) if plan.checkpoint else build_network(cfg, trust_pickle)
+    network = kind.blank(cfg.model) if plan.checkpoint else kind.build(cfg, trust_pickle)
     check = {}
     if t.data_check:
-        splits = [preflight.Split(name, dataset, data.spec(split)) for name, dataset, split in (
-            ("train", data.train_set, cfg.data.train_split), ("val", data.val_set, cfg.data.val_split))]
+        splits = check_splits(kind, data, cfg)
         check = preflight.check_training_data(splits, out / preflight.CACHE_NAME, workers=cfg.data.num_workers,
                                               progress=progress)
     # The checks passed: from here on the folder is this run's.
@@ -140,7 +175,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
         files.write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if check:
             files.write_json(out / preflight.CACHE_NAME, check, indent=2)
-    module = EoMTModule(cfg, network, total_steps=total_steps())
+    module = kind.module(cfg, network, total_steps=total_steps())
     if t.compile:
         module.network = torch.compile(module.network)  # type: ignore[assignment]
     if plan.checkpoint:
@@ -153,21 +188,14 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     # explicitly, Lightning logs no "`weights_only` was not set" line.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
-        from eomt.checkpoints import save_model
-
-        network = unwrap_compiled(module.network)
         # The step tells a rerun that this model is the end of the run (`rerun`).
-        save_model(network, out / "model.safetensors", extra={"global_step": trainer.global_step})
+        kind.save(unwrap_compiled(module.network), out / "model.safetensors", {"global_step": trainer.global_step})
     return module
 
 
-def _finished_module(cfg: ExperimentConfig, out: Path, total_steps: int) -> EoMTModule:
+def _finished_module(kind: RunKind, cfg: ExperimentConfig, out: Path, total_steps: int) -> EoMTModule:
     """The module of a finished run: its saved model, nothing trained (`already_finished` set)."""
-    from eomt.checkpoints.io import read_safetensors
-
-    network = EoMT(cfg.model)  # the same config, so the same shapes
-    network.load_state_dict(read_safetensors(out / "model.safetensors")[0])
-    module = EoMTModule(cfg, network.eval(), total_steps=total_steps)
+    module = kind.module(cfg, kind.saved(cfg, out / "model.safetensors"), total_steps=total_steps)
     module.already_finished = True  # type: ignore[attr-defined]
     return module
 

@@ -1,4 +1,4 @@
-"""Training VidEoMT: the Lightning module and `train_video` (what `eomt train` runs when `data.clip_length` > 0).
+"""Training VidEoMT: the Lightning module (what `eomt train` builds when `data.clip_length` > 0).
 
 The official recipe (tue-mps/videomt `train_net_video.py`, configs `ytvis19/.../videomt_online_*`):
 start from an image EoMT ("segmenter") checkpoint with a new `query_updater`; clips of 5 frames;
@@ -9,34 +9,39 @@ batch 8 clips. No masked attention, so no mask annealing. Every one of these is 
 `train.*` value (`eomt/configs/synthetic/video.yaml` scales them to a tiny model); the loss is
 `VideoMaskClassificationLoss` on every frame and every block.
 
-Not yet here: validation (no video evaluator is wired: the run has no validation loop), resuming
-a video run (`--resume` is ignored: a rerun starts over) and the data check.
+The run around it is the image run's (`eomt.training.run.train`: resume, data check, checkpoints,
+`model.safetensors` as a VidEoMT file; the video parts are in `eomt.training.video_run`), and so is
+evaluation (`eomt eval`). Validation runs the whole video as one clip and scores it with
+`eomt.evaluation.video.VideoInstanceEvaluator` (YouTube-VIS video AP, AP50, AP75, AR1, AR10,
+identity switches), logged as `val/ap`, `val/id_switches`, ... (`last_metrics`), every
+`train.val_every_n_epochs` epochs as for images. The data: `eomt.training.video_data`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-import lightning.pytorch as pl
 import torch
-import yaml
 from torch import Tensor
 
-from eomt import files
-from eomt.config import ExperimentConfig, LabelSpace
+from eomt.config import ExperimentConfig
+from eomt.data.video import VideoTarget
 from eomt.models.video import VidEoMT
 from eomt.training.data_module import global_batch_positions
 from eomt.training.module import EoMTModule
 from eomt.training.points import image_generators
-from eomt.training.video_data import Tracks, VideoDataModule
+from eomt.training.video_data import Tracks
 from eomt.training.video_losses import VideoMaskClassificationLoss
 from eomt.training.video_matcher import stack_clip_targets
+
+if TYPE_CHECKING:
+    from eomt.evaluation.video import VideoInstanceResult
 
 log = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "eomt.backbone."  # the ViT's parameters inside a VidEoMT
+TOP_K = 10  # tracks kept per video for the video AP (the official `inference_video_vis`)
 
 
 class VideoEoMTModule(EoMTModule):
@@ -47,6 +52,8 @@ class VideoEoMTModule(EoMTModule):
     video ones. `network` defaults to a fresh VidEoMT of `config.model`. The optimizer is the image
     module's (AdamW over the official LLRD groups of the ViT, found under `backbone_prefix`; the
     propagation layer at the full rate), warm-up and poly decay stepped per optimizer step.
+    Validation scores whole videos (`video_tracks`) with the video instance evaluator; a panoptic
+    model is scored on its thing classes as instances.
     """
 
     backbone_prefix = BACKBONE_PREFIX
@@ -90,6 +97,64 @@ class VideoEoMTModule(EoMTModule):
         return total
 
 
+    # ------------------------------------------------------------------ validation
+    def make_evaluator(self) -> Any:
+        """YouTube-VIS video AP and identity switches over the model's classes (`val/ap`, ...)."""
+        from eomt.evaluation.video import VideoInstanceEvaluator
+
+        return VideoInstanceEvaluator(self.cfg.model.num_classes, self.cfg.model.class_names or None)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator = self.make_evaluator()
+        self._val_predictor = None  # no image predictor: `video_tracks` is the video's inference
+
+    def validation_step(self, batch: tuple[list[Tensor], list[VideoTarget]], batch_idx: int) -> None:
+        """Score whole videos (T, 3, H, W) uint8 against their tracks (a panoptic model: its thing
+        tracks, `thing_tracks`)."""
+        videos, targets = batch
+        stuff = self.cfg.model.stuff_classes
+        self.evaluator.update([self.video_tracks(v) for v in videos],
+                              [thing_tracks(t, stuff, self.device) for t in targets])
+
+    def video_tracks(self, video: Tensor) -> VideoInstanceResult:
+        """One whole video (T, 3, H, W) uint8 -> its `VideoInstanceResult` at (H, W).
+
+        The frames are resized and padded as the image predictor does (`resize_and_pad`) and run as
+        one clip; the tracks are the official YouTube-VIS rule's (`clip_instances`: class logits
+        averaged over the frames, the top `TOP_K` (query, class) pairs, the query index as track
+        id), their mask logits restored to the video's size per frame (`restore_logits`: upsample,
+        crop the padding, resize) and cut at 0. A panoptic model is scored as an instance model of
+        its thing classes: its stuff classes never name a track (their logits are left out of the
+        softmax), as the ground truth's stuff tracks are left out (`thing_tracks`).
+        """
+        from eomt.evaluation.video import VideoInstanceResult, clip_instances
+        from eomt.inference.preprocess import resize_and_pad
+        from eomt.inference.restore import restore_logits
+
+        frames, metas = resize_and_pad(list(video.to(self.device)), self.cfg.model.img_size)  # (T, 3, S, S)
+        out = self.network(frames[None])  # (1, T, K, C+1), (1, T, K, h, w)
+        class_logits, mask_logits = out.class_logits[0].float(), out.mask_logits[0].float()
+        stuff = torch.tensor(self.cfg.model.stuff_classes, dtype=torch.int64, device=class_logits.device)
+        class_logits = class_logits.index_fill(-1, stuff, float("-inf"))  # (T, K, C+1)
+        picked = clip_instances(class_logits, mask_logits, tuple(mask_logits.shape[-2:]), TOP_K)
+        keep = ~torch.isin(picked.labels, stuff)
+        queries = picked.track_ids[keep]
+        if not len(queries):
+            h, w = metas[0].original_size
+            return VideoInstanceResult(torch.zeros(0, len(metas), h, w, dtype=torch.bool), picked.labels[keep],
+                                       picked.scores[keep], queries)
+        masks = torch.stack([restore_logits(mask_logits[t, queries], meta, channels_last=False) > 0
+                             for t, meta in enumerate(metas)], dim=1)  # (D, T, H, W), one frame at a time
+        return VideoInstanceResult(masks, picked.labels[keep], picked.scores[keep], queries)
+
+
+def thing_tracks(target: VideoTarget, stuff_classes: Sequence[int], device: torch.device | None = None) -> VideoTarget:
+    """`target` without its tracks of the `stuff_classes`, its masks on `device` (the IoUs are
+    computed where they are)."""
+    keep = ~torch.isin(target.labels, torch.tensor(list(stuff_classes), dtype=torch.int64))
+    return VideoTarget(target.masks[keep].to(device), target.labels[keep], target.is_crowd[keep],
+                       target.track_ids[keep], target.frame_indices)
+
 def build_video_network(cfg: ExperimentConfig, trust_pickle: bool = False) -> VidEoMT:
     """A VidEoMT of `cfg.model`: from `train.init` when given (an image EoMT checkpoint, whose
     `query_updater` starts new as in the official recipe, or a VidEoMT checkpoint), else fresh."""
@@ -102,33 +167,3 @@ def build_video_network(cfg: ExperimentConfig, trust_pickle: bool = False) -> Vi
         return load_video_model(cfg.train.init, config=cfg.model, trust_pickle=trust_pickle).train()
     except CheckpointError as e:
         raise CheckpointError(f"train.init: {e}") from None
-
-
-def train_video(cfg: ExperimentConfig, *, progress: bool = True, trust_pickle: bool = False) -> VideoEoMTModule:
-    """Train a VidEoMT as `cfg` says (`data.clip_length` > 0) in `train.out_dir`: writes config.yaml,
-    Lightning checkpoints and logs, and `model.safetensors` (a VidEoMT file, `load_video_model` reads it)."""
-    from eomt.checkpoints.videomt import save_video_model
-    from eomt.training.trainer import make_trainer
-
-    t = cfg.train
-    out = Path(t.out_dir)
-    pl.seed_everything(t.seed, workers=False, verbose=False)
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    data = VideoDataModule(cfg.data, cfg.model, seed=t.seed)
-    data.setup("fit")
-    labels = LabelSpace.of(data.train_set)  # as `run.with_dataset_labels` (which imports this module)
-    if labels is not None:
-        cfg = cfg.resolve_labels(labels, f"dataset {cfg.data.dataset}")
-    network = build_video_network(cfg, trust_pickle)
-    trainer = make_trainer(cfg, progress=progress)
-    if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        files.write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    module = VideoEoMTModule(cfg, network, total_steps=t.total_steps(data.steps_per_epoch(trainer.world_size)))
-    trainer.fit(module, datamodule=data)
-    if trainer.interrupted:
-        return module
-    if trainer.is_global_zero:
-        save_video_model(module.network, out / "model.safetensors", extra={"global_step": trainer.global_step})  # type: ignore[arg-type]
-    return module

@@ -1,0 +1,246 @@
+"""A VidEoMT run is a run like an image one: it resumes at its step, a finished run is left as it is,
+--resume never moves it aside, validation logs video AP and identity switches, YouTube-VIS data
+trains through `eomt train`, and `eomt eval` scores the saved model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from eomt.checkpoints import load_video_model, read_metadata
+from eomt.cli import main
+from eomt.config import load_experiment
+from eomt.data.video import VideoTarget
+from eomt.models.video import VidEoMT
+from eomt.training import run as engine
+from eomt.training.video_data import ClipTransform
+
+from .test_engine import ROOT, Crash
+
+# 8 training videos in batches of 2: the epoch ends at step 4, the last step, so validation runs.
+TINY = [
+    "model.embed_dim=32", "model.depth=3", "model.num_heads=2", "model.num_queries=6", "model.img_size=[64,64]",
+    "data.options={train_num_videos: 8, val_num_videos: 2, video_length: 4}", "data.clip_length=3",
+    "data.batch_size=2", "train.max_steps=4", "train.num_points=256", "train.warmup_steps=[1,1]", "train.lr=1e-3",
+    "train.checkpoint_every_n_steps=1", "train.log_every_n_steps=1", "train.threads=1",
+]
+
+
+def video_config(out: Path, *extra: str) -> Any:
+    return load_experiment("synthetic/video", [*TINY, f"train.out_dir={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A finished tiny video run (4 steps, validated at the end) and its module."""
+    out = tmp_path_factory.mktemp("video") / "run"
+    return out, engine.train(video_config(out), progress=False)
+
+
+def test_validation_logs_video_ap_and_identity_switches(finished: tuple[Path, Any]) -> None:
+    out, module = finished
+    assert {"ap", "ap50", "ap75", "ar10", "id_switches", "matched_frames"} <= set(module.last_metrics)
+    assert 0 <= module.last_metrics["ap"] <= 100 and module.last_metrics["id_switches"] >= 0
+    rows = list(csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()))
+    assert [r["val/ap"] for r in rows if r.get("val/ap")] and [r for r in rows if r.get("val/id_switches")]
+    assert read_metadata(out / "model.safetensors")["extra"]["global_step"] == 4
+    assert isinstance(load_video_model(out / "model.safetensors"), VidEoMT)
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "checkpoints", "model.safetensors", "logs"}
+
+
+def test_an_interrupted_video_run_resumes_at_its_step(finished: tuple[Path, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    cfg = video_config(tmp_path / "run")
+    make = engine.make_trainer
+    monkeypatch.setattr(engine, "make_trainer", lambda c, **kw: make(c, **kw, extra_callbacks=[Crash(3)]))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        engine.train(cfg, progress=False)
+    monkeypatch.setattr(engine, "make_trainer", make)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    with caplog.at_level("INFO"):
+        engine.train(cfg, progress=False)
+    assert any("at step 2 of 4" in r.getMessage() for r in caplog.records)
+    assert read_metadata(tmp_path / "run" / "model.safetensors")["extra"]["global_step"] == 4
+    # Seeded clips and order: the resumed run ends with the uninterrupted run's weights.
+    straight = load_video_model(finished[0] / "model.safetensors").state_dict()
+    resumed = load_video_model(tmp_path / "run" / "model.safetensors").state_dict()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_finished_video_run_is_left_as_it_is_and_never_moves_it_aside(finished: tuple[Path, Any],
+                                                                        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(finished[0], out)
+    model = out / "model.safetensors"
+    before = (model.read_bytes(), model.stat().st_mtime_ns)
+    module = engine.train(video_config(out), progress=False)
+    assert module.already_finished and isinstance(module.network, VidEoMT)
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == before
+    engine.train(video_config(out, "train.max_steps=1"), resume="never", progress=False)
+    (previous,) = (out / "previous").iterdir()
+    assert (previous / "model.safetensors").read_bytes() == before[0]
+    assert read_metadata(model)["extra"]["global_step"] == 1
+
+
+def test_eval_of_a_video_model_prints_video_ap_and_identity_switches(finished: tuple[Path, Any],
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    out, module = finished
+    assert main(["eval", "synthetic/video", "--checkpoint", str(out / "model.safetensors"), "--no-progress",
+                 *TINY, f"train.out_dir={out}"]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert {"ap", "ap50", "ap75", "ar10", "id_switches"} <= set(lines)
+    # The same videos, the same network: the numbers validation logged.
+    assert float(lines["ap"]) == pytest.approx(module.last_metrics["ap"], abs=0.01)
+    assert float(lines["id_switches"]) == module.last_metrics["id_switches"]
+
+
+def test_clip_transform_moves_frames_and_masks_together() -> None:
+    # A square that walks right over 3 frames of 40 x 56; its pixels are bright, the rest dark.
+    masks = torch.zeros(2, 3, 40, 56, dtype=torch.bool)
+    for t in range(3):
+        masks[0, t, 10:26, 6 + 8 * t: 22 + 8 * t] = True
+    masks[1, :, 30:, :] = True  # a crowd track: dropped
+    clip = torch.where(masks[0, :, None], 255, 20).to(torch.uint8).expand(3, 3, 40, 56).contiguous()
+    target = VideoTarget(masks, torch.tensor([1, 2]), torch.tensor([False, True]), torch.tensor([7, 8]),
+                         torch.arange(3))
+    transform = ClipTransform((64, 64), scale_range=(0.8, 1.2))
+    for seed in range(4):
+        out, tracks = transform(clip, target, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == (3, 3, 64, 64) and tracks.masks.shape[1:] == (3, 64, 64)
+        assert tracks.labels.tolist() == [1] and tracks.track_ids.tolist() == [7] and not tracks.is_crowd.any()
+        bright = out[:, 0] > 137  # (T, 64, 64)
+        inter = (bright & tracks.masks[0]).flatten(1).sum(1).float()
+        union = (bright | tracks.masks[0]).flatten(1).sum(1).float()
+        assert (inter / union.clamp(min=1) > 0.8).all() or not tracks.masks[0].any(), seed
+
+
+def test_synthetic_videos_validate_on_whole_videos_of_their_own_val_set() -> None:
+    from eomt.training.video_data import VideoDataModule
+
+    cfg = load_experiment("synthetic/video")  # options: num_videos 2000, the training set
+    data = VideoDataModule(cfg.data, cfg.model)
+    data.setup("fit")
+    assert (len(data.train_set), data.train_set.clip_length) == (2000, 5)
+    assert (len(data.val_set), data.val_set.clip_length, data.val_set.seed) == (64, None, zlib.crc32(b"val") % 2**31)
+    clip, target = data.val_set[0]
+    assert clip.shape == (12, 3, 128, 128) and target.masks.shape[1:] == (12, 128, 128)
+
+
+class PerfectNetwork(torch.nn.Module):
+    """Says exactly the tracks of `masks` (N, T, H, W) of `labels`, as the network would see them in
+    the resized and padded frames: track n is query 2n, at the input's full resolution."""
+
+    def __init__(self, masks: torch.Tensor, labels: list[int], num_classes: int, size: int) -> None:
+        super().__init__()
+        self.masks, self.labels, self.num_classes, self.size = masks, labels, num_classes, size
+
+    def forward(self, clip: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        from eomt.inference.preprocess import scaled_size_longest
+
+        n, t, h, w = self.masks.shape
+        nh, nw = scaled_size_longest(h, w, (self.size, self.size))
+        masks = torch.full((1, t, 6, self.size, self.size), -10.0)
+        classes = torch.zeros(1, t, 6, self.num_classes + 1)
+        classes[..., -1] = 10.0  # no object
+        for k, label in enumerate(self.labels):
+            scaled = torch.nn.functional.interpolate(self.masks[k][:, None].float(), size=(nh, nw), mode="nearest")
+            masks[0, :, 2 * k, :nh, :nw] = torch.where(scaled[:, 0] > 0, 10.0, -10.0)
+            classes[0, :, 2 * k] = 0.0
+            classes[0, :, 2 * k, label] = 10.0
+        return SimpleNamespace(class_logits=classes, mask_logits=masks)
+
+
+def test_validation_restores_tracks_to_the_video_and_scores_a_panoptic_model_on_its_things() -> None:
+    from eomt.training.video_module import VideoEoMTModule, thing_tracks
+
+    cfg = video_config(Path("unused"))  # panoptic, 6 classes, stuff [4, 5], 64 px input
+    module = VideoEoMTModule(cfg)
+    masks = torch.zeros(2, 3, 40, 56, dtype=torch.bool)  # a landscape video: resized, padded below
+    for t in range(3):
+        masks[0, t, 20:34, 4 + 12 * t: 20 + 12 * t] = True  # a square (class 1) walking right
+    masks[1, :, :12] = True  # the sky (class 4, stuff)
+    target = VideoTarget(masks, torch.tensor([1, 4]), torch.zeros(2, dtype=torch.bool), torch.tensor([0, 1]),
+                         torch.arange(3))
+    module.network = PerfectNetwork(masks, [1, 4], 6, 64)
+    with torch.no_grad():
+        result = module.video_tracks(torch.zeros(3, 3, 40, 56, dtype=torch.uint8))
+    assert result.masks.shape[1:] == (3, 40, 56) and 4 not in result.labels.tolist()
+    assert result.labels[0] == 1 and result.track_ids[0] == 0
+    evaluator = module.make_evaluator()
+    evaluator.update([result], [thing_tracks(target, cfg.model.stuff_classes)])
+    metrics = evaluator.compute()
+    # Track IoU 0.90 (a row gained in the round trip 40 -> 46 -> 40 px): every threshold up to 0.85.
+    assert metrics["ap75"] == pytest.approx(100.0) and metrics["ap"] >= 70 and metrics["id_switches"] == 0
+    assert metrics["per_class"]["sky"] != metrics["per_class"]["sky"]  # NaN: no thing track of it
+
+
+def _write_ytvis(root: Path, split: str, videos: int, frames: int, seed: int) -> None:
+    """A YouTube-VIS split of `videos` videos of 40 x 56 frames: a box of class "cat" walking right,
+    a "dog" box walking down (RLE segmentations, JPEG frames under {split}/JPEGImages/)."""
+    rng = np.random.default_rng(seed)
+    js: dict[str, Any] = {"videos": [], "annotations": [], "categories": [{"id": 3, "name": "cat"},
+                                                                        {"id": 9, "name": "dog"}]}
+    for v in range(videos):
+        names = [f"v{v}/{t:05d}.jpg" for t in range(frames)]
+        js["videos"].append({"id": v + 1, "height": 40, "width": 56, "length": frames, "file_names": names})
+        segs: dict[int, list[Any]] = {3: [], 9: []}
+        for t, name in enumerate(names):
+            image = rng.integers(0, 60, (40, 56, 3), dtype=np.uint8)
+            for cat, (y, x) in ((3, (4, 2 + 6 * t)), (9, (4 + 5 * t, 36))):
+                m = np.zeros((40, 56), dtype=np.uint8)
+                m[y:y + 12, x:x + 14] = 1
+                image[m.astype(bool)] = (220, 40, 40) if cat == 3 else (40, 40, 220)
+                rle = mask_utils.encode(np.asfortranarray(m))
+                segs[cat].append({"size": rle["size"], "counts": rle["counts"].decode()})
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="JPEG", quality=95)
+            path = root / split / "JPEGImages" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(buf.getvalue())
+        for cat, s in segs.items():
+            js["annotations"].append({"id": len(js["annotations"]) + 1, "video_id": v + 1, "category_id": cat,
+                                      "iscrowd": 0, "segmentations": s})
+    (root / f"{split}.json").write_text(json.dumps(js))
+
+
+def test_eomt_train_on_youtube_vis_data(tmp_path: Path) -> None:
+    data = tmp_path / "ytvis"
+    _write_ytvis(data, "train", videos=4, frames=4, seed=0)
+    _write_ytvis(data, "val", videos=1, frames=3, seed=1)
+    out = tmp_path / "run"
+    config = tmp_path / "ytvis_tiny.yaml"  # no label key: the classes are the dataset's
+    config.write_text(f"""
+model: {{embed_dim: 32, depth: 3, num_heads: 2, num_blocks: 2, img_size: [64, 64], num_queries: 6,
+        layerscale_init: 1.0, task: instance}}
+data: {{dataset: ytvis, root: {data}, clip_length: 2, batch_size: 2, num_workers: 0, scale_range: [0.8, 1.2]}}
+train: {{max_steps: 2, num_points: 256, warmup_steps: [0, 0], precision: 32-true, mask_annealing: false,
+        checkpoint_every_n_steps: 0, threads: 1, out_dir: {out}}}
+""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eomt.cli", "train", str(config), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 4 videos in batches of 2: the epoch ends at step 2 and the val video is scored.
+    assert "id_switches" in proc.stdout and "ap50" in proc.stdout
+    assert "data check (train): 4 images, no errors" in proc.stderr
+    model = load_video_model(out / "model.safetensors")
+    assert model.config.class_names == ("cat", "dog") and model.config.category_ids == (3, 9)
+    assert read_metadata(out / "model.safetensors")["extra"]["global_step"] == 2
