@@ -42,6 +42,10 @@ PARSE_ONLY = [
     ("eomt data check coco/", "needs the COCO dataset"),
     ("eomt bench --preset coco_panoptic_eomt_small_640", "minutes of EoMT-S timing at 640 px"),
     ("eomt bench --preset all --device cuda", "needs a CUDA GPU"),
+    ("eomt train synthetic/video", "minutes of training; tests/training/test_video_run.py trains, resumes and "
+                                   "evaluates a tiny VidEoMT through the same path"),
+    ("eomt eval synthetic/video", "needs the trained VidEoMT; tests/training/test_video_run.py runs eval on one"),
+    ("eomt predict --model runs/video/", "needs the trained VidEoMT; tests/test_cli_video.py predicts with a VidEoMT"),
 ]
 # Commands run on the stand-ins.
 RUN = ["eomt predict --model runs/demo/", "eomt convert ", "eomt export ", "eomt configs"]
