@@ -108,13 +108,7 @@ class EoMTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         from eomt.data.transforms import TrainTransform
 
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = ResumableSampler(len(self.train_set), self.data_cfg.batch_size, self.seed, rank, world)
-        if trainer is not None and trainer.global_step:
-            # Resumed: skip what the current epoch already consumed (one optimizer step per batch).
-            sampler.skip_batches = trainer.global_step % sampler.batches_per_epoch
-            log.info("resuming at step %d: skipping %d batches of the epoch", trainer.global_step, sampler.skip_batches)
+        sampler = ResumableSampler.for_trainer(self.trainer, len(self.train_set), self.data_cfg.batch_size, self.seed)
         transform = TrainTransform(
             self.img_size,
             scale_range=self.data_cfg.scale_range,
@@ -130,7 +124,7 @@ class EoMTDataModule(pl.LightningDataModule):
             drop_last=True,
             persistent_workers=False,
             # Page-locked batches copy to the GPU asynchronously (the step moves them non_blocking).
-            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             # Worker seeds come from this generator, not the global RNG, so resuming does not
             # shift the random stream of the training step.
             generator=torch.Generator().manual_seed(self.seed),

@@ -57,7 +57,7 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str, *, progress: bool = True,
     processes, and whether this process is the global rank zero (the one that should report).
     Logs go to `log_dir` (default `eval_log_dir(checkpoint)`), not to the config's `train.out_dir`."""
     kind = run_kind(cfg)
-    network = kind.load(checkpoint, trust_pickle)
+    network = kind.load(checkpoint, trust_pickle=trust_pickle)
     data = kind.data_module(cfg.data, cfg.model, seed=cfg.train.seed)
     data.setup("validate")
     cfg = with_dataset_labels(cfg, data.val_set)

@@ -43,6 +43,18 @@ class ResumableSampler(Sampler):
                 f"on each of {world} processes"
             )
 
+    @classmethod
+    def for_trainer(cls, trainer: Any, size: int, batch_size: int, seed: int) -> "ResumableSampler":
+        """The sampler of this process of `trainer` (None: one process); a resumed trainer's
+        (global_step > 0) skips the batches its current epoch already consumed (one optimizer
+        step per batch), said in one log line."""
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = cls(size, batch_size, seed, rank, world)
+        if trainer is not None and trainer.global_step:
+            sampler.skip_batches = trainer.global_step % sampler.batches_per_epoch
+            log.info("resuming at step %d: skipping %d batches of the epoch", trainer.global_step, sampler.skip_batches)
+        return sampler
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

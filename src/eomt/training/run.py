@@ -30,7 +30,7 @@ from eomt.models import EoMT, unwrap_compiled
 from eomt.training.data_module import EoMTDataModule
 from eomt.training.module import EoMTModule
 from eomt.training.trainer import AtomicCheckpointIO, make_trainer
-from eomt.training.video_run import RunKind
+from eomt.training.video_run import RunKind, lazy
 
 __all__ = ["AtomicCheckpointIO", "build_network", "make_trainer", "run_kind", "train", "with_dataset_labels"]
 
@@ -61,21 +61,10 @@ def _saved_network(cfg: ExperimentConfig, path: Path) -> EoMT:
     return network.eval()
 
 
-def _load_network(source: str, trust_pickle: bool = False) -> EoMT:
-    from eomt.checkpoints import load_model
-
-    return load_model(source, trust_pickle=trust_pickle)
-
-
-def _save_network(network: EoMT, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    from eomt.checkpoints import save_model
-
-    return save_model(network, path, extra=extra)
-
-
 IMAGE = RunKind(
     name="image", data_module=EoMTDataModule, module=EoMTModule, build=build_network, blank=EoMT,
-    saved=_saved_network, load=_load_network, save=_save_network, check_set=lambda dataset: dataset,
+    saved=_saved_network, load=lazy("eomt.checkpoints:load_model"),
+    save=lazy("eomt.checkpoints:save_model"), check_set=lambda dataset: dataset,
 )
 
 
@@ -189,7 +178,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         # The step tells a rerun that this model is the end of the run (`rerun`).
-        kind.save(unwrap_compiled(module.network), out / "model.safetensors", {"global_step": trainer.global_step})
+        kind.save(unwrap_compiled(module.network), out / "model.safetensors", extra={"global_step": trainer.global_step})
     return module
 
 

@@ -259,13 +259,7 @@ class VideoDataModule(EoMTDataModule):
         return dataset.base if isinstance(dataset, MovingClips) else dataset
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = ResumableSampler(len(self.train_set), self.data_cfg.batch_size, self.seed, rank, world)
-        if trainer is not None and trainer.global_step:
-            # Resumed: skip what the current epoch already consumed (one optimizer step per batch).
-            sampler.skip_batches = trainer.global_step % sampler.batches_per_epoch
-            log.info("resuming at step %d: skipping %d batches of the epoch", trainer.global_step, sampler.skip_batches)
+        sampler = ResumableSampler.for_trainer(self.trainer, len(self.train_set), self.data_cfg.batch_size, self.seed)
         d = self.data_cfg
         transform = None if d.dataset == "synthetic_video" else ClipTransform(
             self.img_size, d.scale_range, d.color_jitter)
@@ -273,7 +267,7 @@ class VideoDataModule(EoMTDataModule):
             SeededClips(self.train_set, transform, self.seed), batch_size=d.batch_size, sampler=sampler,
             num_workers=d.num_workers, collate_fn=CollateLoaded(clip_collate), drop_last=True,
             on_skipped=lambda notes: self.report_skipped("train", notes), persistent_workers=False,
-            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
         )
 

@@ -12,6 +12,7 @@ the data check, config.yaml, temporary-file cleanup, the final last.ckpt, the mo
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class RunKind:
     data_module(data, model, seed=) and module(cfg, network, total_steps=) are classes; build(cfg,
     trust_pickle) gives the network to train, blank(model config) one whose weights a training
     checkpoint brings, saved(cfg, path) the finished run's model, load(source, trust_pickle) a
-    model to evaluate, save(network, path, extra) writes the final model, check_set(dataset) is
+    model to evaluate, save(network, path, extra=) writes the final model, check_set(dataset) is
     what the data check reads for a dataset (itself, or a view that can be checked).
     """
 
@@ -74,19 +75,19 @@ def saved_video_network(cfg: ExperimentConfig, path: Path) -> VidEoMT:
     return network.eval()
 
 
-def _load_video(source: str, trust_pickle: bool = False) -> VidEoMT:
-    from eomt.checkpoints.videomt import load_video_model
+def lazy(target: str) -> Callable[..., Any]:
+    """The function `module:name`, imported when first called (the checkpoint code stays out of
+    the import of the training package)."""
+    module, name = target.split(":")
 
-    return load_video_model(source, trust_pickle=trust_pickle)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
-
-def _save_video(network: VidEoMT, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    from eomt.checkpoints.videomt import save_video_model
-
-    return save_video_model(network, path, extra=extra)
+    return call
 
 
 VIDEO = RunKind(
     name="video", data_module=VideoDataModule, module=VideoEoMTModule, build=build_video_network, blank=VidEoMT,
-    saved=saved_video_network, load=_load_video, save=_save_video, check_set=VideoDataModule.check_set,
+    saved=saved_video_network, load=lazy("eomt.checkpoints.videomt:load_video_model"),
+    save=lazy("eomt.checkpoints.videomt:save_video_model"), check_set=VideoDataModule.check_set,
 )
