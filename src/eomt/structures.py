@@ -1,6 +1,6 @@
 """Plain data passed between the stages: ground-truth targets, image geometry and per-task results.
 
-Every dataset yields `(image uint8 (H, W, 3), Target)`; the preprocessing records where each image
+Every dataset yields `(image uint8 (H, W, 3), Target)` (a video dataset `(clip, VideoTarget)`); the preprocessing records where each image
 went (`ImageMeta`, `Windows`) and the post-processing reads it back; the post-processing returns one
 of the `*Result` types per image; the evaluators consume results and targets.
 """
@@ -220,3 +220,56 @@ class SemanticResult:
 
     labels: Tensor
     scores: Tensor | None = None
+
+
+@dataclass
+class VideoTarget:
+    """Ground truth of one clip as per-track masks.
+
+    masks: (N, T, H, W) bool, an all-False (H, W) slice where track n is absent from frame t;
+    labels: (N,) int64 class ids; is_crowd: (N,) bool; track_ids: (N,) int64, stable within a video;
+    frame_indices: (T,) int64, the video frame each clip frame was taken from.
+    """
+
+    masks: Tensor
+    labels: Tensor
+    is_crowd: Tensor
+    track_ids: Tensor
+    frame_indices: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def num_frames(self) -> int:
+        """T, the clip's number of frames."""
+        return int(self.frame_indices.numel())
+
+    def present(self) -> Tensor:
+        """(N, T) bool: track n has at least one pixel in frame t."""
+        return self.masks.flatten(2).any(2)  # (N, T)
+
+    def frame(self, t: int) -> Target:
+        """The image `Target` of clip frame t: the tracks present there (in track order)."""
+        keep = self.masks[:, t].flatten(1).any(1)  # (N,)
+        return Target(self.masks[keep, t], self.labels[keep], self.is_crowd[keep])
+
+    def frame_track_ids(self, t: int) -> Tensor:
+        """(N_t,) track ids of `frame(t)`'s segments, in the same order."""
+        return self.track_ids[self.masks[:, t].flatten(1).any(1)]
+
+    def select(self, frames: Sequence[int]) -> "VideoTarget":
+        """The clip of the given frames (positions in this clip, repeats allowed); tracks absent
+        from every selected frame are dropped, the others keep their ids."""
+        idx = torch.as_tensor(list(frames), dtype=torch.long)
+        masks = self.masks[:, idx]  # (N, T', H, W)
+        keep = masks.flatten(1).any(1)  # (N,)
+        return VideoTarget(masks[keep], self.labels[keep], self.is_crowd[keep], self.track_ids[keep],
+                           self.frame_indices[idx])
+
+    @classmethod
+    def empty(cls, num_frames: int, height: int, width: int) -> "VideoTarget":
+        """A clip of `num_frames` frames without any track."""
+        return cls(torch.zeros(0, num_frames, height, width, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
+                   torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
+                   torch.arange(num_frames, dtype=torch.int64))

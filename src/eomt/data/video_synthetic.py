@@ -21,7 +21,8 @@ from torch import Tensor
 
 from eomt.classes import label_space
 from eomt.data.synthetic import _CLASS_HUES, GROUND, NUM_THINGS, SKY, _background, _hsv_to_rgb, _shape_mask
-from eomt.data.video import VideoTarget, random_generator, sample_clip
+from eomt.data.video import random_generator, sample_clip
+from eomt.structures import VideoTarget
 
 TASKS = ("instance", "panoptic")
 SAMPLINGS = ("random", "first")

@@ -28,7 +28,8 @@ from torch import Tensor
 from eomt.data.coco_json import _segmentation_problem, decode_segmentations
 from eomt.data.sources import DatasetError, Source, ZipSource, open_source, read_json_file
 from eomt.data.user import categories_from_json
-from eomt.data.video import VideoTarget, random_generator, sample_clip
+from eomt.data.video import random_generator, sample_clip
+from eomt.structures import VideoTarget
 
 SAMPLINGS = ("random", "first")
 

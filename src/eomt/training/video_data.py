@@ -34,7 +34,7 @@ from eomt.config import ConfigError
 from eomt.data.base import ItemCheck
 from eomt.data.sources import DatasetError
 from eomt.data.transforms import TrainTransform, _chance
-from eomt.data.video import VideoTarget
+from eomt.structures import VideoTarget
 from eomt.training.data_module import EoMTDataModule
 from eomt.training.loaders import CollateLoaded, ReportingLoader, ResumableSampler, Skipped, TolerantDataset, \
     TrainLoader, load_or_replace

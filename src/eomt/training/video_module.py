@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from eomt.config import ExperimentConfig
-from eomt.data.video import VideoTarget
+from eomt.structures import VideoTarget
 from eomt.models.video import VidEoMT
 from eomt.training.data_module import global_batch_positions
 from eomt.training.module import EoMTModule
