@@ -92,6 +92,26 @@ def test_a_track_that_leaves_and_returns() -> None:
     assert out["id_switches"] == 1 and out["ap50"] == pytest.approx(100) and out["ap75"] == 0
 
 
+def test_a_duplicate_track_is_no_switch_and_low_scores_are_no_tracks() -> None:
+    t = 6
+    gt = _track({f: (0, 0) for f in range(t)}, t)
+    track = gt.clone()
+    track[:, 3, :4] = False  # id 3 covers 12 of the 16 pixels in every frame
+    dup = _track({f: (0, 0) for f in range(t) if f % 2}, t)  # id 5 covers it exactly in the odd frames
+    target = _target([gt], [0])
+    # Both confident: id 3 still overlaps the object where id 5 fits better, so it keeps it.
+    out = _run([(_pred([track, dup], [0, 0], [0.9, 0.8], [3, 5]), target)])
+    assert out["id_switches"] == 0 and out["matched_frames"] == pytest.approx(100)
+    # id 3 misses the object in frame 3, where only the low-scoring id 5 overlaps it.
+    track[3] = False
+    pred = _pred([track, dup], [0, 0], [0.9, 0.2], [3, 5])
+    out = _run([(pred, target)])
+    assert out["id_switches"] == 0 and out["matched_frames"] == pytest.approx(100 * 5 / 6)
+    ev = VideoInstanceEvaluator(2, track_threshold=0.0)  # every prediction a track: 3 -> 5 -> 3
+    ev.update([pred], [target])
+    assert ev.compute()["id_switches"] == 2 and ev.compute()["matched_frames"] == pytest.approx(100)
+
+
 def test_a_wrong_class_scores_0_but_keeps_its_identity() -> None:
     gt = _track({0: (0, 0), 1: (1, 1)}, 2)
     out = _run([(_pred([gt], [1], [0.9], [0]), _target([gt], [0]))])

@@ -9,10 +9,17 @@ several predictions, as in COCO); precision is interpolated at 101 recall points
 over thresholds, recall points and the categories that have a ground-truth track. AR1 / AR10:
 recall with at most 1 / 10 predictions per video and category.
 
-Identity switches (the CLEAR-MOT count): in every frame each (non-crowd) ground-truth object is
-matched to the predicted track whose mask overlaps it best, if that IoU is >= 0.5 (class-agnostic;
-ties to the first prediction); a switch is a match to a track id different from the one of the
-object's previous match. Frames without a match do not reset it.
+Identity switches (the CLEAR-MOT count, Bernardin & Stiefelhagen 2008): in every frame each
+(non-crowd) ground-truth object keeps the track id it was last matched to while a prediction of
+that id still overlaps it with IoU >= 0.5 (a valid correspondence is kept); otherwise it is
+matched to the predicted track whose mask overlaps it best, if that IoU is >= 0.5
+(class-agnostic; ties to the first prediction). A switch is a match to a track id different from
+the one of the object's previous match; frames without a match do not reset it. Only tracks
+scoring at least `track_threshold` (0.5, `VideoPredictor`'s default) take part, the tracks a user
+sees; AP ranks every prediction. Both rules matter when a model makes duplicates: two tracks on one
+object, each following it, are no switch; re-matching to the best IoU in every frame would count
+a switch whenever the two trade places by a few pixels, and low-scoring predictions (a VidEoMT's
+unmatched queries) would take matches too.
 
 IoUs are computed when a video arrives (batched matrix products over frames), so the state kept per
 video is small (the track IoU matrix and the per-track labels / scores) and is gathered across
@@ -38,6 +45,7 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # as cocoapi: 0.50:0.05:0.95
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
 SWITCH_IOU = 0.5
+TRACK_THRESHOLD = 0.5  # the score a prediction needs to count in the identity switches
 
 
 @dataclass
@@ -111,11 +119,19 @@ def identity_switches(frame_iou: Tensor, gt_present: Tensor, track_ids: Tensor,
         return 0, 0
     best_iou, best = frame_iou.max(1)  # (T, G): the best prediction per object and frame
     matched = gt_present & (best_iou >= threshold)
-    ids = torch.where(matched, track_ids[best], torch.full_like(best, -1))  # (T, G)
+    uniq, inverse = torch.unique(track_ids, return_inverse=True)  # a track id may label several predictions
+    owner = torch.nn.functional.one_hot(inverse, len(uniq)).float()  # (D, U)
+    valid = torch.einsum("tdg,du->tug", (frame_iou >= threshold).float(), owner) > 0  # (T, U, G): id u overlaps g
+    best_id = inverse[best].tolist()  # (T, G) as nested lists: the loop below is over T x G scalars
+    valid_l, matched_l = valid.tolist(), matched.tolist()
     switches = 0
-    for column in ids.t():  # one short sequence per object
-        seq = column[column >= 0]
-        switches += int((seq[1:] != seq[:-1]).sum())
+    for j in range(g):  # one short sequence per object
+        last = -1
+        for f in range(t):
+            if not matched_l[f][j] or (last >= 0 and valid_l[f][last][j]):
+                continue  # no match, or the previous correspondence still holds
+            switches += int(last >= 0 and best_id[f][j] != last)
+            last = best_id[f][j]
     return switches, int(matched.sum())
 
 
@@ -127,12 +143,14 @@ def _check(name: str, masks: Tensor, *per_track: Tensor) -> None:
 
 class VideoInstanceEvaluator:
     """YouTube-VIS mask AP and identity switches over videos (`update` takes one
-    `VideoInstanceResult` and one `eomt.data.video.VideoTarget` per video). num_classes: C."""
+    `VideoInstanceResult` and one `eomt.data.video.VideoTarget` per video). num_classes: C;
+    switch_iou / track_threshold: the IoU of a match and the score of a track in the identity
+    switches and matched object-frames (module docstring)."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None,
-                 switch_iou: float = SWITCH_IOU) -> None:
+                 switch_iou: float = SWITCH_IOU, track_threshold: float = TRACK_THRESHOLD) -> None:
         self.class_names = class_names_or_ids(class_names, num_classes)
-        self.num_classes, self.switch_iou = num_classes, switch_iou
+        self.num_classes, self.switch_iou, self.track_threshold = num_classes, switch_iou, track_threshold
         self.reset()
 
     def reset(self) -> None:
@@ -157,7 +175,9 @@ class VideoInstanceEvaluator:
             crowd = target.is_crowd.bool().cpu()
             ids = pred.track_ids if pred.track_ids is not None else torch.arange(len(pred.labels))
             present = gt_masks.flatten(2).any(2).t().cpu() & ~crowd[None]  # (T, G)
-            switches, matched = identity_switches(frame_iou, present, ids.cpu().long(), self.switch_iou)
+            tracked = pred.scores.detach().cpu() >= self.track_threshold  # (D,) the tracks a user sees
+            switches, matched = identity_switches(frame_iou[:, tracked], present, ids.cpu().long()[tracked],
+                                                  self.switch_iou)
             self.records.append({
                 "ious": ious.numpy(), "dt_labels": pred.labels.cpu().numpy().astype(np.int64),
                 "dt_scores": pred.scores.detach().float().cpu().numpy(),
@@ -168,7 +188,7 @@ class VideoInstanceEvaluator:
     def compute(self) -> dict[str, Any]:
         """AP, AP50, AP75, AR1, AR10 (percent, NaN without any ground-truth track), AP per class
         ("per_class"), identity switches ("id_switches") and the percentage of ground-truth
-        object-frames matched at IoU >= 0.5 ("matched_frames")."""
+        object-frames matched at IoU >= 0.5 by a track scoring >= `track_threshold` ("matched_frames")."""
         records = [r for part in all_gather_objects(self.records) for r in part]
         precision, recall = ytvis_accumulate(records, self.num_classes)  # (T, R, K, M), (T, K, M)
         present = sum(r["present"] for r in records)
