@@ -273,3 +273,15 @@ class VideoTarget:
         return cls(torch.zeros(0, num_frames, height, width, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
                    torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
                    torch.arange(num_frames, dtype=torch.int64))
+
+
+@dataclass
+class VideoInstanceResult:
+    """Instance tracks predicted for one video: masks (D, T, H, W) bool (all-False where the track
+    is absent), labels (D,) int64, scores (D,) float, track_ids (D,) int64 (the VidEoMT query index;
+    one track may appear with several labels). track_ids None: the row index."""
+
+    masks: Tensor
+    labels: Tensor
+    scores: Tensor
+    track_ids: Tensor | None = None

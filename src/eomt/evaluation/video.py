@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from eomt.errors import InputError
+from eomt.structures import VideoInstanceResult
 from eomt.evaluation.checks import check_ids, check_pairs, class_names_or_ids
 from eomt.evaluation.distributed import all_gather_objects
 
@@ -46,18 +46,6 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
 SWITCH_IOU = 0.5
 TRACK_THRESHOLD = 0.5  # the score a prediction needs to count in the identity switches
-
-
-@dataclass
-class VideoInstanceResult:
-    """Instance tracks predicted for one video: masks (D, T, H, W) bool (all-False where the track
-    is absent), labels (D,) int64, scores (D,) float, track_ids (D,) int64 (the VidEoMT query index;
-    one track may appear with several labels). track_ids None: the row index."""
-
-    masks: Tensor
-    labels: Tensor
-    scores: Tensor
-    track_ids: Tensor | None = None
 
 
 def clip_instances(class_logits: Tensor, mask_logits: Tensor, size: tuple[int, int],

@@ -36,7 +36,7 @@ from eomt.training.video_losses import VideoMaskClassificationLoss
 from eomt.training.video_matcher import stack_clip_targets
 
 if TYPE_CHECKING:
-    from eomt.evaluation.video import VideoInstanceResult
+    from eomt.structures import VideoInstanceResult
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ class VideoEoMTModule(EoMTModule):
         its thing classes: its stuff classes never name a track (their logits are left out of the
         softmax), as the ground truth's stuff tracks are left out (`thing_tracks`).
         """
-        from eomt.evaluation.video import VideoInstanceResult, clip_instances
+        from eomt.evaluation.video import clip_instances
+        from eomt.structures import VideoInstanceResult
         from eomt.inference.preprocess import resize_and_pad
         from eomt.inference.restore import restore_logits
 
