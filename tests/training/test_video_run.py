@@ -110,6 +110,22 @@ def test_eval_of_a_video_model_prints_video_ap_and_identity_switches(finished: t
     assert float(lines["id_switches"]) == module.last_metrics["id_switches"]
 
 
+def test_a_video_runs_lightning_checkpoint_loads_as_its_videomt_and_the_image_loader_says_so(
+        finished: tuple[Path, Any]) -> None:
+    from eomt.checkpoints import CheckpointError, load_model
+    from eomt.checkpoints.videomt import is_video_source
+
+    ckpt = finished[0] / "checkpoints" / "last.ckpt"
+    assert is_video_source(ckpt) and not is_video_source(finished[0] / "config.yaml")
+    from_ckpt = load_video_model(ckpt).state_dict()
+    final = load_video_model(finished[0] / "model.safetensors").state_dict()
+    assert from_ckpt.keys() == final.keys()
+    for key in final:  # the final checkpoint holds the final weights
+        torch.testing.assert_close(from_ckpt[key], final[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(CheckpointError, match="VidEoMT .* training checkpoint; load it with .*load_video_model"):
+        load_model(ckpt)
+
+
 def test_clip_transform_moves_frames_and_masks_together() -> None:
     # A square that walks right over 3 frames of 40 x 56; its pixels are bright, the rest dark.
     masks = torch.zeros(2, 3, 40, 56, dtype=torch.bool)

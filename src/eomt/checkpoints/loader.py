@@ -181,6 +181,9 @@ def read_source(source: str | Path, trust_pickle: bool = False) -> Source:
 
 def _classify(sd: StateDict, name: str, folder: Path, ckpt: Any) -> Source:
     """Tell the key layout apart and convert to ours."""
+    if any(k.startswith("network.query_updater.") for k in sd):  # a video training run's .ckpt
+        raise CheckpointError(f"{name}: a VidEoMT (video) training checkpoint; load it with "
+                              "eomt.checkpoints.load_video_model")
     if official_dinov3.is_official_dinov3(sd):
         ours = official_dinov3.from_official_dinov3(sd, name)
         deltas, evidence = official_dinov3.delta_evidence(ours)

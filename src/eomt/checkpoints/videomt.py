@@ -10,6 +10,8 @@ video field: a VidEoMT adds one layer and one option to an image model and nothi
 
 Layouts read by `load_video_model`, told apart by content:
 - our VidEoMT file (metadata above);
+- a Lightning `.ckpt` of a video training run (`network.eomt.*`, `network.query_updater.*`; the
+  config from its hyper-parameters);
 - a transformers folder whose config.json has model_type "videomt": the EoMT key table of
   `checkpoints.hf` plus `query_updater.*`; `embeddings.mask_token` (a masked-modelling token that
   segmentation never uses) is dropped, and written as zeros (transformers' initial value);
@@ -49,6 +51,7 @@ KIND_KEY = "eomt_model"  # metadata entry naming the kind of model in our file
 VIDEO_KIND = "videomt"
 OPTIONS_KEY = "videomt"  # metadata entry: JSON of the video options
 UPDATER = "query_updater."
+LIGHTNING = "network."  # our Lightning modules keep the network as `network`
 HF_MODEL_TYPE = "videomt"
 HF_ARCHITECTURE = "VideomtForUniversalSegmentation"
 _OFFICIAL = "backbone."  # the detectron2 model's prefix for the whole network
@@ -96,11 +99,14 @@ def is_video_metadata(metadata: dict[str, str]) -> bool:
 
 def is_video_source(source: str | Path) -> bool:
     """True for a local VidEoMT our loaders mark as such without reading its tensors: our file (its
-    safetensors metadata) or a transformers `VideomtForUniversalSegmentation` folder (its config.json).
+    safetensors metadata), a transformers `VideomtForUniversalSegmentation` folder (its config.json)
+    or a Lightning `.ckpt` of our video training (its key names, memory-mapped).
     Official release files are told apart only by `load_video_model` (they hold no marker)."""
     path = Path(source)
     if path.is_dir():
         return _hf_model_type(path) == HF_MODEL_TYPE
+    if path.is_file() and path.suffix == ".ckpt":
+        return is_lightning_video(path)
     if path.is_file() and path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -180,6 +186,8 @@ def _read_video(
     if native.is_native(meta):
         return None
     sd = as_state_dict(unwrap(obj), file)
+    if any(k.startswith(LIGHTNING + UPDATER) for k in sd):  # our video training module's .ckpt
+        return "eomt VidEoMT Lightning checkpoint", from_lightning_video(sd), native.config_from_lightning(obj, name), {}
     if any(_clean(k).startswith(_OFFICIAL + _OFFICIAL_VIT) for k in sd):
         ours = from_official_video(sd)
         kind = "official VidEoMT release" if any(k.startswith(UPDATER) for k in ours) else "official VidEoMT segmenter"
@@ -191,6 +199,26 @@ def _read_video(
         ours.pop("embeddings.mask_token", None)  # masked-modelling token: unused for segmentation
         return "transformers VidEoMT", ours, cfg, {}
     return None
+
+
+def from_lightning_video(sd: StateDict) -> StateDict:
+    """Our video training's keys -> ours: `network.eomt.X` -> `X`, `network.query_updater.*` -> `query_updater.*`."""
+    out: StateDict = {}
+    for k, value in ((_clean(key), v) for key, v in sd.items()):  # the loss's keys are left out
+        if k.startswith((LIGHTNING + "eomt.", LIGHTNING + UPDATER)):
+            out[k[len(LIGHTNING):].removeprefix("eomt.")] = value
+    return out
+
+
+def is_lightning_video(path: Path) -> bool:
+    """True for a Lightning `.ckpt` of our video training (`network.query_updater.*` keys), read
+    memory-mapped and weights-only; False for anything else."""
+    try:
+        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # not a weights-only torch file: the loaders name the problem
+        return False
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    return isinstance(sd, dict) and any(_clean(str(k)).startswith(LIGHTNING + UPDATER) for k in sd)
 
 
 def from_official_video(sd: StateDict) -> StateDict:
