@@ -126,6 +126,23 @@ def test_a_video_runs_lightning_checkpoint_loads_as_its_videomt_and_the_image_lo
         load_model(ckpt)
 
 
+def test_eval_of_an_image_model_on_a_video_config_runs_it_without_propagation_and_says_so(
+        finished: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from eomt.checkpoints import save_model
+
+    image = save_model(load_video_model(finished[0] / "model.safetensors").eomt, tmp_path / "image.safetensors")
+    argv = ["eval", "synthetic/video", "--checkpoint", str(image), "--no-progress", *TINY, f"train.out_dir={tmp_path}"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert any("query propagation off (zeroed)" in r.getMessage() for r in caplog.records)
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first  # no random layer: the same numbers every time
+    model = load_video_model(image, new_updater="zero")
+    assert not model.query_updater.weight.any() and not model.query_updater.bias.any()
+
+
 def test_clip_transform_moves_frames_and_masks_together() -> None:
     # A square that walks right over 3 frames of 40 x 56; its pixels are bright, the rest dark.
     masks = torch.zeros(2, 3, 40, 56, dtype=torch.bool)

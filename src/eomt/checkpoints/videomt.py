@@ -41,6 +41,8 @@ from eomt.checkpoints.infer import infer_config, with_label_space
 from eomt.checkpoints.io import CheckpointError, StateDict, as_state_dict, save_safetensors
 from eomt.checkpoints.loader import load_model
 from eomt.checkpoints.source import read_weights
+from eomt.checkpoints.videomt_layouts import (LIGHTNING, OFFICIAL, OFFICIAL_VIT, UPDATER, clean_key,
+                                              from_lightning_video, from_official_video, is_lightning_video)
 from eomt.config import ModelConfig
 from eomt.files import json_text, write_atomic
 from eomt.models.video import VidEoMT
@@ -50,13 +52,8 @@ log = logging.getLogger(__name__)
 KIND_KEY = "eomt_model"  # metadata entry naming the kind of model in our file
 VIDEO_KIND = "videomt"
 OPTIONS_KEY = "videomt"  # metadata entry: JSON of the video options
-UPDATER = "query_updater."
-LIGHTNING = "network."  # our Lightning modules keep the network as `network`
 HF_MODEL_TYPE = "videomt"
 HF_ARCHITECTURE = "VideomtForUniversalSegmentation"
-_OFFICIAL = "backbone."  # the detectron2 model's prefix for the whole network
-_OFFICIAL_VIT = "encoder.backbone."  # then the ViT's, inside it
-_OFFICIAL_DROPPED = ("backbone.rope_embeddings.", "backbone.patch_embed.mask_token")  # recomputed / unused
 # What the weights of an official release do not show, by its file name (tue-mps/videomt configs: the
 # DINOv3 VIPSeg / VSPW models set NORM_QUERIES True and IMG_SIZE 1280; every other release uses the
 # defaults, False and the size its position embedding or 640 gives).
@@ -127,6 +124,7 @@ def load_video_model(
     map_location: str | torch.device = "cpu",
     strict: bool = True,
     trust_pickle: bool = False,
+    new_updater: str = "init",
     **image_options: Any,
 ) -> VidEoMT:
     """A VidEoMT from a checkpoint file, folder or hub id (layouts: module docstring), in eval mode.
@@ -137,8 +135,13 @@ def load_video_model(
     `OFFICIAL_OPTIONS` of an official release by its file name, else False. An image checkpoint
     goes through `load_model(source, config=, img_size=, **image_options)` (preset=, num_classes=,
     backbone= ...); those options are refused for a video checkpoint (ValueError). Misfits raise
-    `CheckpointError` naming the file (`strict=False`: logged and skipped).
+    `CheckpointError` naming the file (`strict=False`: logged and skipped). new_updater: what a
+    propagation layer the checkpoint lacks starts as: "init" (PyTorch's default, as the official
+    recipe starts training) or "zero" (no propagation: the image model frame by frame, its query
+    index the track id; for evaluating an image model), said in a warning line.
     """
+    if new_updater not in ("init", "zero"):
+        raise ValueError(f"load_video_model: new_updater={new_updater!r}; expected 'init' or 'zero'")
     obj, meta, file = read_weights(source, trust_pickle)
     name = str(file)
     found = _read_video(obj, meta, file)
@@ -146,7 +149,7 @@ def load_video_model(
         image = load_model(source, config=config, img_size=img_size, map_location="cpu", strict=strict,
                            trust_pickle=trust_pickle, **image_options)
         model = VidEoMT.from_image(image, norm_queries=bool(norm_queries))
-        log.info("VidEoMT from the image model %s: query_updater new (PyTorch's default init)", name)
+        _new_updater(model, new_updater, f"VidEoMT from the image model {name}")
         return model.to(map_location).eval()
     if image_options:
         raise ValueError(f"load_video_model: {', '.join(sorted(image_options))} apply to image checkpoints only; "
@@ -165,6 +168,8 @@ def load_video_model(
               source_grid=stored_grid)
     if updater:
         _load_updater(model, updater, name, strict)
+    else:
+        _new_updater(model, new_updater, f"{name} holds no query_updater")
     log.info("loaded VidEoMT %s (%s): %s, %d classes, img_size %s, norm_queries %s%s", name, kind,
              cfg.name or "custom config", cfg.num_classes, tuple(cfg.img_size), model.norm_queries,
              "" if updater else "; query_updater new (image weights)")
@@ -188,7 +193,7 @@ def _read_video(
     sd = as_state_dict(unwrap(obj), file)
     if any(k.startswith(LIGHTNING + UPDATER) for k in sd):  # our video training module's .ckpt
         return "eomt VidEoMT Lightning checkpoint", from_lightning_video(sd), native.config_from_lightning(obj, name), {}
-    if any(_clean(k).startswith(_OFFICIAL + _OFFICIAL_VIT) for k in sd):
+    if any(clean_key(k).startswith(OFFICIAL + OFFICIAL_VIT) for k in sd):
         ours = from_official_video(sd)
         kind = "official VidEoMT release" if any(k.startswith(UPDATER) for k in ours) else "official VidEoMT segmenter"
         return kind, ours, None, OFFICIAL_OPTIONS.get(file.name, {})
@@ -201,44 +206,15 @@ def _read_video(
     return None
 
 
-def from_lightning_video(sd: StateDict) -> StateDict:
-    """Our video training's keys -> ours: `network.eomt.X` -> `X`, `network.query_updater.*` -> `query_updater.*`."""
-    out: StateDict = {}
-    for k, value in ((_clean(key), v) for key, v in sd.items()):  # the loss's keys are left out
-        if k.startswith((LIGHTNING + "eomt.", LIGHTNING + UPDATER)):
-            out[k[len(LIGHTNING):].removeprefix("eomt.")] = value
-    return out
-
-
-def is_lightning_video(path: Path) -> bool:
-    """True for a Lightning `.ckpt` of our video training (`network.query_updater.*` keys), read
-    memory-mapped and weights-only; False for anything else."""
-    try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # not a weights-only torch file: the loaders name the problem
-        return False
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    return isinstance(sd, dict) and any(_clean(str(k)).startswith(LIGHTNING + UPDATER) for k in sd)
-
-
-def from_official_video(sd: StateDict) -> StateDict:
-    """Official VidEoMT keys -> ours: `backbone.encoder.backbone.X` -> `backbone.X`, `backbone.Y` -> `Y`;
-    `criterion.*` and other keys outside the network, RoPE buffers and the mask token are dropped."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        k = _clean(key)
-        if not k.startswith(_OFFICIAL):
-            continue  # criterion.empty_weight: the loss weight, rebuilt from the config
-        k = k[len(_OFFICIAL):]
-        k = "backbone." + k[len(_OFFICIAL_VIT):] if k.startswith(_OFFICIAL_VIT) else k
-        if not k.startswith(_OFFICIAL_DROPPED):
-            out[k] = value
-    return out
-
-
-def _clean(key: str) -> str:
-    # `torch.compile` wraps modules in `_orig_mod` (the official benchmark compiles the backbone); DDP in `module.`.
-    return key.replace("_orig_mod.", "").removeprefix("module.")
+def _new_updater(model: VidEoMT, how: str, what: str) -> None:
+    """Start the propagation layer as `how` says ("init" keeps PyTorch's default, "zero" zeroes it)."""
+    if how == "zero":
+        torch.nn.init.zeros_(model.query_updater.weight)
+        torch.nn.init.zeros_(model.query_updater.bias)
+        log.warning("%s: query propagation off (zeroed): the image model runs frame by frame, its query "
+                    "index the track id", what)
+    else:
+        log.info("%s: query_updater new (PyTorch's default init)", what)
 
 
 def _hf_model_type(folder: Path) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,7 @@ class RunKind:
 
     data_module(data, model, seed=) and module(cfg, network, total_steps=) are classes; build(cfg,
     trust_pickle) gives the network to train, blank(model config) one whose weights a training
-    checkpoint brings, saved(cfg, path) the finished run's model, load(source, trust_pickle) a
+    checkpoint brings, saved(cfg, path) the finished run's model, load(source, trust_pickle=) a
     model to evaluate, save(network, path, extra=) writes the final model, check_set(dataset) is
     what the data check reads for a dataset (itself, or a view that can be checked).
     """
@@ -88,6 +89,6 @@ def lazy(target: str) -> Callable[..., Any]:
 
 VIDEO = RunKind(
     name="video", data_module=VideoDataModule, module=VideoEoMTModule, build=build_video_network, blank=VidEoMT,
-    saved=saved_video_network, load=lazy("eomt.checkpoints.videomt:load_video_model"),
+    saved=saved_video_network, load=partial(lazy("eomt.checkpoints.videomt:load_video_model"), new_updater="zero"),
     save=lazy("eomt.checkpoints.videomt:save_video_model"), check_set=VideoDataModule.check_set,
 )
