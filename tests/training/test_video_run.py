@@ -83,6 +83,24 @@ def test_an_interrupted_video_run_resumes_at_its_step(finished: tuple[Path, Any]
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
 
+class CtrlC(Crash):
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    cfg = video_config(tmp_path / "run", "train.checkpoint_every_n_steps=2")
+    make = engine.make_trainer
+    monkeypatch.setattr(engine, "make_trainer", lambda c, **kw: make(c, **kw, extra_callbacks=[CtrlC(3)]))
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit):  # Lightning's shutdown exits non-zero
+        engine.train(cfg, progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()] == [
+        f"interrupted at step 3; the last checkpoint is at step 2 ({ckpt}): rerun the same command to resume from it"]
+
+
 def test_a_finished_video_run_is_left_as_it_is_and_never_moves_it_aside(finished: tuple[Path, Any],
                                                                         tmp_path: Path) -> None:
     out = tmp_path / "run"

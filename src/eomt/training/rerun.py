@@ -274,3 +274,23 @@ class ConfiguredOptimizerValues(pl.Callback):
             group["initial_lr"], group["weight_decay"] = base, new["weight_decay"]
             scheduler.base_lrs[i] = base  # type: ignore[attr-defined]
             group["lr"] = base * scheduler.lr_lambdas[i](scheduler.last_epoch)  # type: ignore[attr-defined]
+
+
+class InterruptNote(pl.Callback):
+    """On Ctrl-C (a KeyboardInterrupt in `fit`), one line: the step reached, the step of the last
+    checkpoint in `out` and that rerunning the same command resumes from it (or starts over when
+    there is none yet). Lightning then shuts down and exits non-zero."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+            return
+        ckpt = self.out / "checkpoints" / "last.ckpt"
+        if ckpt.is_file():
+            step, _ = read_checkpoint_header(ckpt)
+            then = f"the last checkpoint is at step {step} ({ckpt}): rerun the same command to resume from it"
+        else:
+            then = "no checkpoint was written yet: rerunning the same command starts over"
+        log.warning("interrupted at step %d; %s", trainer.global_step, then)

@@ -131,7 +131,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     def trainer_() -> pl.Trainer:
         if not trainers:
             trainers.append(make_trainer(cfg, progress=progress))
-            trainers[0].callbacks.append(rerun.ConfiguredOptimizerValues())
+            trainers[0].callbacks += [rerun.ConfiguredOptimizerValues(), rerun.InterruptNote(out)]
         return trainers[0]
 
     def total_steps() -> int:

@@ -160,6 +160,8 @@ def build_video_network(cfg: ExperimentConfig, trust_pickle: bool = False) -> Vi
     """A VidEoMT of `cfg.model`: from `train.init` when given (an image EoMT checkpoint, whose
     `query_updater` starts new as in the official recipe, or a VidEoMT checkpoint), else fresh."""
     if not cfg.train.init:
+        log.warning("train.init is empty: the VidEoMT starts from random weights (the video recipe starts from "
+                    "a trained image EoMT checkpoint; set train.init to one)")
         return VidEoMT(cfg.model)
     from eomt.checkpoints import CheckpointError
     from eomt.checkpoints.videomt import load_video_model
