@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--checkpoint", required=True, help="model to evaluate: any source `eomt predict` accepts")
     p.add_argument("--out", default=None,
-                   help="write the metrics as JSON here; the logs go to eval/ beside it "
-                        "(default: CHECKPOINT_DIR/eval/)")
+                   help="write the metrics (with per-class values) as JSON here; the logs go to eval/ beside "
+                        "it (without --out: no JSON, the logs in CHECKPOINT_DIR/eval/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_trust_pickle(p)
 
