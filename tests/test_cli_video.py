@@ -63,6 +63,7 @@ def test_predict_video_writes_video_frames_and_tracks(task: str, checkpoint: Pat
     captured = capsys.readouterr()
     assert code == 1  # the corrupt video
     assert f"skipped {inputs / 'broken.mkv'}: cannot read video" in captured.err
+    assert "0/? frames" not in captured.err  # no bar is drawn before the frame count is known
     assert "1 video(s) done, 1 failed, 8 frame(s)" in captured.out and "frames/s" in captured.out
     assert (out / "still_overlay.png").is_file()  # the image beside the videos is done too
     info = probe_video(out / "clip_overlay.mp4")
@@ -87,8 +88,13 @@ def test_predict_video_writes_video_frames_and_tracks(task: str, checkpoint: Pat
     if task == "instance":
         tracks = json.loads((out / "youtube_vis_results.json").read_text())
         assert tracks and {t["video_id"] for t in tracks} == {2}  # broken.mkv is video 1 (input order)
-        frame_ids = {i["track_id"] for f in doc["frames"] for i in f["instances"]}
-        assert {t["track_id"] for t in tracks} == frame_ids
+        scores: dict[int, list[float]] = {}  # track id -> its instances' scores
+        for f in doc["frames"]:
+            for i in f["instances"]:
+                if i["track_id"] is not None:  # None: an empty mask
+                    scores.setdefault(i["track_id"], []).append(i["score"])
+        best = sorted(scores, key=lambda k: (-sum(scores[k]) / len(scores[k]), k))[:10]  # VIS_TOP_K
+        assert [t["track_id"] for t in tracks] == sorted(best)
         for t in tracks:
             assert len(t["segmentations"]) == 8 and 0 <= t["category_id"] < 5 and 0 <= t["score"] <= 1
             rle = next(s for s in t["segmentations"] if s is not None)
@@ -185,3 +191,89 @@ def test_a_videomt_checkpoint_tracks_by_its_queries(inputs: Path, tmp_path: Path
     assert main(["predict", "--model", str(path), "--task", "instance", str(inputs / "clip.mp4"), "--out",
                  str(tmp_path / "o2"), "--tile", "64"]) == 1
     assert "--tile / --compile: a VidEoMT runs whole frames" in capsys.readouterr().err
+
+
+def test_youtube_vis_results_of_a_videomt_keep_the_tracks_below_the_vis_threshold(checkpoint: Path, inputs: Path,
+                                                                                  tmp_path: Path) -> None:
+    """--vis-threshold sets what is drawn; a VidEoMT's results file and track ids hold every scored
+    track. An image model links only the instances drawn (a faint duplicate must not take a track)."""
+    from eomt.checkpoints import load_model, save_video_model
+    from eomt.models.video import VidEoMT
+
+    video = save_video_model(VidEoMT.from_image(load_model(checkpoint)), tmp_path / "videomt.safetensors")
+    docs, results, overlays = [], [], []
+    for name, options in [("default", []), ("zero", ["--vis-threshold", "0"])]:
+        out = tmp_path / name
+        assert main(["predict", "--model", str(video), "--task", "instance", str(inputs / "clip.mp4"),
+                     "--out", str(out), "--max-frames", "4", *options]) == 0
+        docs.append(json.loads((out / "clip_video.json").read_text())["frames"])
+        results.append(json.loads((out / "youtube_vis_results.json").read_text()))
+        overlays.append(np.stack([f.numpy() for _, f in read_frames(out / "clip_overlay.mp4")]))
+    tracked = {i["track_id"] for f in docs[0] for i in f["instances"]} - {None}  # the queries with a mask
+    assert results[0] == results[1] and len(results[0]) == min(10, len(tracked))  # at most the best 10
+    assert any(t["score"] < 0.5 for t in results[0])  # kept at the default --vis-threshold 0.5
+    assert docs[0] == docs[1]  # the same track ids whatever is drawn
+    assert sum(i["track_id"] is not None and i["score"] < 0.5 for f in docs[0] for i in f["instances"]) > 10
+    assert not np.array_equal(overlays[0], overlays[1])  # the low-scoring instances drawn at 0 only
+    out = tmp_path / "image"
+    assert main(["predict", "--model", str(checkpoint), "--task", "instance", str(inputs / "clip.mp4"),
+                 "--out", str(out), "--max-frames", "4"]) == 0
+    frames = json.loads((out / "clip_video.json").read_text())["frames"]
+    assert all((i["track_id"] is not None) == (i["score"] >= 0.5) for f in frames for i in f["instances"]
+               if i["score"] < 0.5 or i["area"] > 0)
+
+
+def test_youtube_vis_tracks_keep_the_best_top_k() -> None:
+    from eomt.inference.video import youtube_vis_tracks
+
+    rle = {"size": [4, 4], "counts": "04"}
+    frames = [{"instances": [{"track_id": k, "category_id": 1, "score": s, "segmentation": rle}
+                             for k, s in [(1, 0.2), (2, 0.9), (3, 0.1), (4, 0.2), (5, 0.6)]]}]
+    assert [t["track_id"] for t in youtube_vis_tracks(frames, 1, top_k=3)] == [1, 2, 5]  # tie 0.2: the lower id
+    assert [t["track_id"] for t in youtube_vis_tracks(frames, 1, top_k=None)] == [1, 2, 3, 4, 5]
+
+
+def test_a_rerun_removes_only_our_stale_frame_pngs(checkpoint: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(checkpoint), str(inputs / "clip.mp4"), "--out", str(out)]
+    assert main([*argv, "--stride", "2"]) == 0
+    frames = out / "clip_frames"
+    assert sorted(p.name for p in frames.iterdir()) == [f"{i:06d}_panoptic.png" for i in (0, 2, 4, 6)]
+    foreign = ["000001_semantic.png", "notes.png", "000002_panoptic.png.bak", "12_panoptic.png"]
+    for name in foreign:
+        (frames / name).write_bytes(b"kept")
+    assert main([*argv, "--stride", "3"]) == 0
+    listed = [f["png"] for f in json.loads((out / "clip_video.json").read_text())["frames"]]
+    assert listed == [f"clip_frames/{i:06d}_panoptic.png" for i in (0, 3, 6)]
+    assert sorted(p.name for p in frames.iterdir()) == sorted([Path(n).name for n in listed] + foreign)
+
+
+def test_a_truncated_video_warns_and_keeps_the_frames_it_decoded(checkpoint: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (30, 64, 80, 3), dtype=np.uint8)  # incompressible
+    data = write_clip(tmp_path / "whole.mkv", noise).read_bytes()
+    cut = tmp_path / "clip.mkv"
+    cut.write_bytes(data[: len(data) // 2])  # the header (duration: 30 frames) stays, the frames stop
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(checkpoint), str(cut), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    doc = json.loads((out / "clip_video.json").read_text())
+    assert 0 < doc["num_frames"] < 30 and doc["frames_expected"] == 30
+    assert f"{cut}: {doc['num_frames']} of 30 frames decoded; the stream ends early" in err
+    assert probe_video(out / "clip_overlay.mp4").frame_count == doc["num_frames"]
+    assert main(["predict", "--model", str(checkpoint), str(tmp_path / "whole.mkv"), "--out", str(out),
+                 "--stride", "4", "--max-frames", "5"]) == 0  # a whole file: no warning
+    assert "ends early" not in capsys.readouterr().err
+    assert json.loads((out / "whole_video.json").read_text())["frames_expected"] == 5
+
+
+def test_instances_with_an_empty_mask_get_no_track() -> None:
+    from eomt.inference.video import has_mask, query_track_ids
+    from eomt.structures import InstanceResult, RLEMasks
+
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 2:4] = masks[2, 5, 5] = True  # instance 1: empty
+    for m in (masks, RLEMasks.encode(masks)):
+        result = InstanceResult(m, torch.tensor([0, 1, 2]), torch.tensor([0.1, 0.9, 0.3]), torch.tensor([4, 7, 9]))
+        assert has_mask(result).tolist() == [True, False, True]
+        assert query_track_ids(result, has_mask(result), 10) == [4, None, 9]

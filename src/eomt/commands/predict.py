@@ -1,4 +1,4 @@
-"""`eomt predict`: segment image files, folders and globs; write result files and overlays.
+"""`eomt predict`: segment image and video files, folders and globs; write result files and overlays.
 
 Per image `<stem>_overlay.png`, plus per task:
 - panoptic: `<stem>_panoptic.png` (COCO panoptic colours) and its entry in `panoptic.json`;
@@ -9,7 +9,8 @@ Each finished image adds a line to `results.jsonl` (`eomt.inference.result_log`)
 keeps its work: `--skip-existing` resumes it. Category ids are the checkpoint's dataset ids; image ids
 are the dataset's (`--images-json`) or 1..N in input order, listed with the file names.
 Videos (.mp4 .avi .mov .mkv .webm, mixed freely with images) are segmented frame by frame with track
-ids (`--stride`, `--max-frames`); their files: `eomt.inference.video_writers` (not resumable).
+ids (`--stride`, `--max-frames`); their files: `eomt.inference.video_writers` (`--skip-existing`
+passes over a video finished with the same options).
 An unreadable image or video is reported by name and skipped; the exit code is 1 if any failed.
 """
 
@@ -65,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse image files announcing more pixels, before decoding (a decompression "
                              "bomb guard; 0: no limit; default: 178956970, Pillow's own limit)")
     parser.add_argument("--vis-threshold", type=float, default=0.5,
-                        help="instance overlays: draw instances scoring at least this (default: 0.5)")
+                        help="instance overlays: draw instances scoring at least this (default: 0.5). "
+                             "It sets what is drawn, and which instances an image model links into video "
+                             "tracks; instances.json and a VidEoMT's track ids and youtube_vis_results.json keep "
+                             "every scored instance (the best 10 tracks per video, the official VidEoMT rule)")
     parser.add_argument("--stride", type=int, default=1, metavar="N",
                         help="videos: segment every N-th frame (default: 1, every frame)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",

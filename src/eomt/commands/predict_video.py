@@ -1,8 +1,12 @@
 """The video inputs of `eomt predict`: each video segmented frame by frame with track ids, its files
 written (`eomt.inference.video_writers`), a progress bar of frames done / total with the rate, and
-a summary line with frames/s. An unreadable video is reported by name and skipped, as an image.
+a summary line with frames/s. An unreadable video is reported by name and skipped, as an image; one
+that decodes fewer frames than its container announces (a file cut short) keeps its results, with
+one warning line on stderr naming the file and both counts.
 For the instance task, `youtube_vis_results.json` holds the tracks of all videos of the run
-(video ids 1..N in input order among the videos).
+(video ids 1..N in input order among the videos): its tracks, the best
+`eomt.inference.video.VIS_TOP_K` per video (a VidEoMT's whatever `--vis-threshold`, which sets what
+the overlay draws; an image model links only the instances drawn).
 """
 
 from __future__ import annotations
@@ -35,22 +39,30 @@ def run_videos(args: argparse.Namespace, predictor: object, videos: Sequence[Pat
     failed: list[Path] = []
     written, frames, seconds, tracks, skipped = 0, 0, 0.0, [], 0
     for video_id, (source, stem) in enumerate(zip(videos, stems), start=1):
-        with tqdm(total=None, desc=f"eomt predict {source.name}", unit="frame", file=sys.stderr,
-                  bar_format=PROGRESS_FORMAT, leave=False) as bar:
+        bars: list[tqdm] = []  # drawn once the file is open and its frame count known
 
-            def start(total: int | None, bar: tqdm = bar) -> None:
-                bar.total = total
-                bar.refresh()
+        def start(total: int | None, source: Path = source, bars: list[tqdm] = bars) -> None:
+            bars.append(tqdm(total=total, desc=f"eomt predict {source.name}", unit="frame", file=sys.stderr,
+                             bar_format=PROGRESS_FORMAT, leave=False))
 
-            try:
-                outcome = write_video(video_predictor, source, args.out, stem, video_id, stride=args.stride,
-                                      max_frames=args.max_frames, category_ids=category_ids,
-                                      on_start=start, on_frame=bar.update, settings=settings,
-                                      resume=bool(getattr(args, "skip_existing", False)))
-            except (EomtError, OSError) as e:
-                failed.append(source)
-                tqdm.write(f"eomt predict: skipped {e}", file=sys.stderr)
-                continue
+        try:
+            outcome = write_video(video_predictor, source, args.out, stem, video_id, stride=args.stride,
+                                  max_frames=args.max_frames, category_ids=category_ids,
+                                  on_start=start, on_frame=lambda bars=bars: bars[0].update(), settings=settings,
+                                  resume=bool(getattr(args, "skip_existing", False)))
+        except (EomtError, OSError) as e:
+            failed.append(source)
+            outcome = None
+            message = f"eomt predict: skipped {e}"
+        finally:
+            for bar in bars:
+                bar.close()
+        if outcome is None:
+            print(message, file=sys.stderr)  # after the bar is gone: it is not drawn again below
+            continue
+        if outcome.truncated:
+            print(f"eomt predict: warning: {source}: {outcome.frames} of {outcome.frames_expected} frames "
+                  f"decoded; the stream ends early", file=sys.stderr)
         if outcome.skipped:
             skipped += 1
             tracks += outcome.tracks

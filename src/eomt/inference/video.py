@@ -6,8 +6,11 @@ source frame index, its time in seconds (index / frames per second: a constant r
 the image, the result (panoptic / instance / semantic, as for an image) and a track id per segment
 (panoptic), per instance (instance) or per class present (semantic: the class index). Track ids
 of an image EoMT come from linking masks frame to frame (`eomt.inference.tracks.MaskLinker`, rules
-there); instances scoring below `track_threshold` get none (they stay in the results, and are left
-out of the overlay and the YouTube-VIS tracks).
+there), for the instances scoring at least `track_threshold` (a faint duplicate must not take an
+object's track). A VidEoMT's come from its queries, for every instance with a mask whatever its
+score: the YouTube-VIS results rank every scored track (`youtube_vis_tracks` keeps a video's best
+`VIS_TOP_K`), and `track_threshold` only marks which instances are drawn (`VideoFrame.drawn`). An
+empty mask has nothing to link or show and gets no track.
 
 A `VidEoMT` (`eomt.models.video`) runs streaming: its query blocks see the frames one at a time in
 order, carrying the propagated queries (`VidEoMT.step`), behind the same pre- and post-processing
@@ -36,23 +39,34 @@ from eomt.inference.predictor import Predictor
 from eomt.inference.tracks import MaskLinker
 from eomt.inference.video_io import VideoReader
 from eomt.models.video import VidEoMT, VideoState
-from eomt.structures import InstanceResult, PanopticResult, SemanticResult
+from eomt.structures import InstanceResult, PanopticResult, RLEMasks, SemanticResult
 
 log = logging.getLogger(__name__)
 
 Result = Union[PanopticResult, InstanceResult, SemanticResult]
+# Tracks kept per video in the YouTube-VIS results: the official VidEoMT rule keeps its top 10 (query,
+# class) tracks per video (`eomt.evaluation.video.clip_instances`, top_k=10).
+VIS_TOP_K = 10
 
 
 @dataclass
 class VideoFrame:
     """One kept frame: source frame `index`, `time` in seconds, `image` (3, H, W) uint8, its
-    `result`, and `track_ids` (one per segment / instance / class present; None: not tracked)."""
+    `result`, `track_ids` (one per segment / instance / class present; None: not tracked) and
+    `drawn` (one per instance: it scores at least the predictor's `track_threshold`; None: all)."""
 
     index: int
     time: float
     image: Tensor
     result: Result
     track_ids: list[int | None]
+    drawn: list[bool] | None = None
+
+    def shown_track_ids(self) -> list[int | None]:
+        """`track_ids` with None for the instances not `drawn` (what an overlay draws)."""
+        if self.drawn is None:
+            return list(self.track_ids)
+        return [t if d else None for t, d in zip(self.track_ids, self.drawn)]
 
 
 class _Output(NamedTuple):
@@ -88,7 +102,8 @@ class VideoPredictor:
 
     model: a `Predictor`, a `VidEoMT`, or what `Predictor` accepts (an EoMT, a checkpoint path...);
     options: `Predictor`'s keyword arguments (task, device, dtype, batch_size, thresholds...) when
-    the model is not a Predictor already. track_threshold: instances scoring below it get no track.
+    the model is not a Predictor already. track_threshold: instances scoring below it are not drawn;
+    an image model links only the others (module docstring), a VidEoMT keeps their query track ids.
     """
 
     def __init__(self, model: Predictor | VidEoMT | Any, track_threshold: float = 0.5, **options: Any) -> None:
@@ -122,10 +137,15 @@ class VideoPredictor:
         def flush() -> Iterator[VideoFrame]:
             results = self.predictor.predict_tensors([image for _, image in pending])
             for (index, image), result in zip(pending, results):
-                keep = result.scores >= self.track_threshold if isinstance(result, InstanceResult) else None
-                ids = query_track_ids(result, keep, self.streaming.model.config.num_queries) if (
-                    self.streaming is not None) else linker.update(result, keep)
-                yield VideoFrame(index, float(index / rate), image, result, ids)
+                instance = isinstance(result, InstanceResult)
+                shown = result.scores.cpu() >= self.track_threshold if instance else None
+                if self.streaming is not None:  # a VidEoMT: every query with a mask is a track
+                    keep = has_mask(result) if instance else None
+                    ids = query_track_ids(result, keep, self.streaming.model.config.num_queries)
+                else:  # linking: only the instances shown, so a faint duplicate never takes a track
+                    ids = linker.update(result, has_mask(result) & shown if instance else None)
+                drawn = shown.tolist() if shown is not None else None
+                yield VideoFrame(index, float(index / rate), image, result, ids, drawn)
             pending.clear()
 
         for item in frames:
@@ -142,10 +162,19 @@ class VideoPredictor:
             yield from self.frames(reader.read_frames(stride, max_frames), reader.info.rate)
 
 
+def has_mask(result: InstanceResult) -> Tensor:
+    """(N,) bool: which instances have a non-empty mask (dense masks or COCO RLEs, `RLEMasks`)."""
+    if isinstance(result.masks, RLEMasks):
+        from pycocotools import mask as mask_utils
+
+        return torch.as_tensor(mask_utils.area(result.masks.rles) > 0, dtype=torch.bool).reshape(-1)
+    return result.masks.flatten(1).any(1).cpu()  # (N, H * W) -> (N,)
+
+
 def query_track_ids(result: Result, keep: Tensor | None, num_queries: int) -> list[int | None]:
     """Track ids of a video model's result (module docstring): an instance's or thing segment's
-    query index, K + class for a stuff segment; None for an instance below the track threshold
-    (`keep` False). Raises ValueError for a result without query indices (a tiled one)."""
+    query index, K + class for a stuff segment; None for an instance not in `keep` (one without a
+    mask, `has_mask`). Raises ValueError for a result without query indices (a tiled one)."""
     if isinstance(result, SemanticResult) or result.queries is None:
         raise ValueError("query_track_ids: the result has no query indices (panoptic or instance, untiled)")
     queries = result.queries.tolist()
@@ -155,10 +184,14 @@ def query_track_ids(result: Result, keep: Tensor | None, num_queries: int) -> li
     return [q if s["isthing"] else num_queries + s["category_id"] for q, s in zip(queries, result.segments)]
 
 
-def youtube_vis_tracks(frames: Sequence[dict[str, Any]], video_id: int) -> list[dict[str, Any]]:
+def youtube_vis_tracks(frames: Sequence[dict[str, Any]], video_id: int,
+                       top_k: int | None = VIS_TOP_K) -> list[dict[str, Any]]:
     """YouTube-VIS results of one video from its frame records (each {"instances": [COCO entries
     with "track_id"]}, one per kept frame): one entry per track, {"video_id", "category_id",
-    "score" (mean over the frames it is in), "segmentations": an RLE or None per kept frame}."""
+    "score" (mean over the frames it is in), "segmentations": an RLE or None per kept frame,
+    "track_id"}, in track id order. Instances without a track id are left out; of the tracks, the
+    `top_k` best scoring are kept (ties: the lower id; None: all), as the official VidEoMT rule
+    (`VIS_TOP_K`): AP ranks every prediction, so a low score costs nothing but its slot."""
     tracks: dict[int, dict[str, Any]] = {}
     for t, frame in enumerate(frames):
         for inst in frame["instances"]:
@@ -174,4 +207,7 @@ def youtube_vis_tracks(frames: Sequence[dict[str, Any]], video_id: int) -> list[
         track = tracks[tid]
         scores = track.pop("scores")
         out.append({**track, "score": round(sum(scores) / len(scores), 6), "track_id": tid})
+    if top_k is not None and len(out) > top_k:
+        best = {t["track_id"] for t in sorted(out, key=lambda t: (-t["score"], t["track_id"]))[:top_k]}
+        out = [t for t in out if t["track_id"] in best]
     return out

@@ -77,7 +77,9 @@ def _reason(e: BaseException, path: Path) -> str:
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says of a video: `rate` frames per second (exact fraction), `frame_count`
-    (None when the container does not say), frame `height` x `width` in pixels, `codec` name."""
+    (the stream's count, else its duration x rate as Matroska and WebM give; None when the container
+    says neither), frame `height` x `width` in pixels, `codec` name. A file cut short still announces
+    the full count: fewer frames decode (`eomt predict` warns)."""
 
     path: Path
     rate: Fraction
@@ -97,6 +99,20 @@ class VideoInfo:
             return max_frames
         kept = -(-self.frame_count // stride)  # ceil: frames 0, s, 2s, ...
         return kept if max_frames is None else min(kept, max_frames)
+
+
+def _frame_count(container: Any, stream: Any, rate: Fraction) -> int | None:
+    """The frames a container announces: the stream's frame count (MP4, MOV), else its duration
+    (stream or container, e.g. Matroska's header) x `rate`, rounded; None when it says neither."""
+    if int(stream.frames or 0) > 0:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        seconds = stream.duration * stream.time_base
+    elif container.duration:
+        seconds = Fraction(container.duration, 1_000_000)  # AV_TIME_BASE: microseconds
+    else:
+        return None
+    return round(seconds * rate) or None
 
 
 class VideoReader:
@@ -122,8 +138,8 @@ class VideoReader:
         self._stream.thread_type = "AUTO"  # frame and slice threads: ~1.5x on two cores
         s = self._stream
         rate = s.average_rate or s.guessed_rate or s.base_rate or Fraction(25)
-        self.info = VideoInfo(self.path, Fraction(rate), int(s.frames) or None, int(s.height), int(s.width),
-                              s.codec_context.name)
+        self.info = VideoInfo(self.path, Fraction(rate), _frame_count(self._container, s, Fraction(rate)),
+                              int(s.height), int(s.width), s.codec_context.name)
 
     def read_frames(self, stride: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, Tensor]]:
         """(source frame index, RGB uint8 (3, H, W)) for frames 0, stride, 2*stride, ... in order,

@@ -6,13 +6,20 @@
 - panoptic: `<stem>_frames/<frame>_panoptic.png` per kept frame (COCO panoptic colours), semantic:
   `<stem>_frames/<frame>_semantic.png` (class indices); `<frame>` is the source frame index, 6 digits;
 - `<stem>_video.json`: {"source", "video_id", "task", "fps" (source), "stride", "output_fps",
-  "height", "width", "num_frames" (kept), "frames": one record per kept frame: {"frame" (source
-  index), "time" (seconds), and "png" + "segments_info" (panoptic: COCO segments, each with
-  "track_id"), "instances" (COCO results with RLE masks, each with "track_id", null below the track
-  threshold) or "png" + "classes" (semantic: the class indices present)};
-- instance: the video's tracks in YouTube-VIS results form (`video.youtube_vis_tracks`), which the
-  command gathers over all videos into `youtube_vis_results.json`.
+  "height", "width", "num_frames" (kept), "frames_expected" (the kept frames the container
+  announces, null if it does not say: more than "num_frames" when the file ends early), "frames":
+  one record per kept frame: {"frame" (source index), "time" (seconds), and "png" + "segments_info"
+  (panoptic: COCO segments, each with "track_id"), "instances" (COCO results with RLE masks, each
+  with "track_id": a VidEoMT's whatever its score, an image model's for those scoring at least the
+  predictor's `track_threshold` (`eomt predict --vis-threshold`, what the overlay draws); null for
+  the others and for an empty mask) or "png" + "classes"
+  (semantic: the class indices present)};
+- instance: the video's tracks in YouTube-VIS results form (`video.youtube_vis_tracks`: every track,
+  at most the best `VIS_TOP_K`), which the command gathers over
+  all videos into `youtube_vis_results.json`.
 Each file is written atomically; the JSON last, so `<stem>_video.json` means the video is complete.
+Then the frame PNGs of this task that the JSON does not list (an earlier run with another stride or
+--max-frames: `<stem>_frames/NNNNNN_<task>.png` only) are removed.
 It also keeps the `settings` the video was segmented with (model, task, options, stride,
 max_frames, the source's size and modification time): `resume` skips a video whose JSON holds the
 same ones (`eomt predict --skip-existing`) and takes its tracks from there.
@@ -21,6 +28,7 @@ same ones (`eomt predict --skip-existing`) and takes its tracks from there.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +56,12 @@ class VideoOutcome:
     tracks: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     skipped: bool = False
+    frames_expected: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether fewer frames decoded than the container announced (a file cut short)."""
+        return self.frames_expected is not None and self.frames < self.frames_expected
 
 
 def video_settings(source: Path, settings: dict[str, Any] | None, stride: int, max_frames: int | None) -> dict[str, Any]:
@@ -139,7 +153,7 @@ def write_video(
                 h, w = frame.image.shape[-2:]
                 if annotate is None:
                     annotate = FrameAnnotator(h, w, names, max_track=max(99, cfg.num_queries))
-                video.write(annotate(frame.image, frame.result, frame.track_ids))
+                video.write(annotate(frame.image, frame.result, frame.shown_track_ids()))
                 records.append(_frame_record(frame, task, stem, out, video_id, cfg.num_classes,
                                              category_ids, written))
                 if on_frame is not None:
@@ -148,9 +162,28 @@ def write_video(
                 raise VideoReadError(f"{source}: cannot read video: no frame could be decoded")
         written.append(overlay_path)
     seconds = time.perf_counter() - start
+    expected = info.kept_frames(stride, max_frames) if info.frame_count is not None else None
     document = {"source": str(source), "video_id": video_id, "task": task, "fps": round(info.fps, 6),
                 "stride": stride, "output_fps": round(info.fps / stride, 6), "height": info.height,
-                "width": info.width, "num_frames": len(records), "settings": kept, "frames": records}
+                "width": info.width, "num_frames": len(records), "frames_expected": expected,
+                "settings": kept, "frames": records}
     written.append(write_json(out / f"{stem}_video.json", document))
+    remove_stale_frames(out, stem, task, {r["png"] for r in records if "png" in r})
     tracks = youtube_vis_tracks(records, video_id) if task == "instance" else []
-    return VideoOutcome(source, written, len(records), seconds, tracks)
+    return VideoOutcome(source, written, len(records), seconds, tracks, frames_expected=expected)
+
+
+def remove_stale_frames(out: Path, stem: str, task: str, listed: set[str]) -> list[Path]:
+    """Remove the PNGs of `task` in `out/<stem>_frames/` (named `NNNNNN_<task>.png`, 6 digits, as
+    this module writes them) that `listed` (paths relative to `out`) does not hold: those of an
+    earlier run with other frames. Other files are never touched. Returns the removed paths."""
+    folder = out / f"{stem}_frames"
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"\d{{6}}_{re.escape(task)}\.png")
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if pattern.fullmatch(path.name) and path.is_file() and f"{stem}_frames/{path.name}" not in listed:
+            path.unlink()
+            removed.append(path)
+    return removed
