@@ -44,6 +44,8 @@ PARSE_ONLY = [
     ("eomt bench --preset all --device cuda", "needs a CUDA GPU"),
     ("eomt train synthetic/video", "minutes of training; tests/training/test_video_run.py trains, resumes and "
                                    "evaluates a tiny VidEoMT through the same path"),
+    ("eomt data check ytvis/", "tests/training/test_video_run.py writes, checks, trains on and predicts with "
+                               "synthetic YouTube-VIS data through these commands"),
     ("eomt train ytvis/", "needs YouTube-VIS and a GPU for days; tests/training/test_video_run.py trains this "
                          "config shrunk on a tiny YouTube-VIS folder"),
     ("eomt eval synthetic/video", "needs the trained VidEoMT; tests/training/test_video_run.py runs eval on one"),

@@ -5,7 +5,6 @@ trains through `eomt train`, and `eomt eval` scores the saved model."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -15,11 +14,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
 
 from eomt.checkpoints import load_video_model, read_metadata
 from eomt.cli import main
@@ -243,42 +239,21 @@ def test_validation_restores_tracks_to_the_video_and_scores_a_panoptic_model_on_
     assert metrics["per_class"]["sky"] != metrics["per_class"]["sky"]  # NaN: no thing track of it
 
 
-def _write_ytvis(root: Path, split: str, videos: int, frames: int, seed: int) -> None:
-    """A YouTube-VIS split of `videos` videos of 40 x 56 frames: a box of class "cat" walking right,
-    a "dog" box walking down (RLE segmentations, JPEG frames under {split}/JPEGImages/)."""
-    rng = np.random.default_rng(seed)
-    js: dict[str, Any] = {"videos": [], "annotations": [], "categories": [{"id": 3, "name": "cat"},
-                                                                        {"id": 9, "name": "dog"}]}
-    for v in range(videos):
-        names = [f"v{v}/{t:05d}.jpg" for t in range(frames)]
-        js["videos"].append({"id": v + 1, "height": 40, "width": 56, "length": frames, "file_names": names})
-        segs: dict[int, list[Any]] = {3: [], 9: []}
-        for t, name in enumerate(names):
-            image = rng.integers(0, 60, (40, 56, 3), dtype=np.uint8)
-            for cat, (y, x) in ((3, (4, 2 + 6 * t)), (9, (4 + 5 * t, 36))):
-                m = np.zeros((40, 56), dtype=np.uint8)
-                m[y:y + 12, x:x + 14] = 1
-                image[m.astype(bool)] = (220, 40, 40) if cat == 3 else (40, 40, 220)
-                rle = mask_utils.encode(np.asfortranarray(m))
-                segs[cat].append({"size": rle["size"], "counts": rle["counts"].decode()})
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="JPEG", quality=95)
-            path = root / split / "JPEGImages" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(buf.getvalue())
-        for cat, s in segs.items():
-            js["annotations"].append({"id": len(js["annotations"]) + 1, "video_id": v + 1, "category_id": cat,
-                                      "iscrowd": 0, "segmentations": s})
-    (root / f"{split}.json").write_text(json.dumps(js))
-
-
-def test_eomt_train_on_youtube_vis_data(tmp_path: Path) -> None:
+def test_youtube_vis_journey_write_check_train_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Synthetic videos written as YouTube-VIS, checked, trained on with the bundled config (shrunk,
+    as a subprocess) and the trained VidEoMT run on the written mp4 clips: the user's video path."""
     data = tmp_path / "ytvis"
-    _write_ytvis(data, "train", videos=4, frames=4, seed=0)
-    _write_ytvis(data, "val", videos=1, frames=3, seed=1)
+    assert main(["data", "synthetic", str(data), "--format", "ytvis", "--train", "4", "--val", "1",
+                 "--size", "56"]) == 0
+    printed = capsys.readouterr().out
+    assert f"next: eomt data check ytvis/videomt_large_640 data.root={data}" in printed
+    assert main(["data", "check", "ytvis/videomt_large_640", f"data.root={data}"]) == 0
+    js = json.loads((data / "train.json").read_text())
+    assert [c["id"] for c in js["categories"]] == [11, 12, 17, 22] and len(js["videos"]) == 4
+    assert all(len(a["segmentations"]) == 12 for a in js["annotations"])  # one per frame, null where absent
     out = tmp_path / "run"
     # The bundled YouTube-VIS config as shipped, shrunk by overrides as the README shows for a CPU.
-    overrides = [f"data.root={data}", "data.val_split=val", "data.clip_length=2", "data.batch_size=2",
+    overrides = [f"data.root={data}", "data.clip_length=2", "data.batch_size=2",
                  "data.num_workers=0", "data.scale_range=[0.8,1.2]", "model.embed_dim=32", "model.depth=3",
                  "model.num_heads=2", "model.num_blocks=2", "model.img_size=64", "model.num_queries=6",
                  "train.max_steps=2", "train.num_points=256", "train.warmup_steps=[0,0]", "train.devices=1",
@@ -292,5 +267,14 @@ def test_eomt_train_on_youtube_vis_data(tmp_path: Path) -> None:
     assert "id_switches" in proc.stdout and "ap50" in proc.stdout
     assert "data check (train): 4 images, no errors" in proc.stderr
     model = load_video_model(out / "model.safetensors")
-    assert model.config.class_names == ("cat", "dog") and model.config.category_ids == (3, 9)
+    assert model.config.class_names == ("circle", "square", "triangle", "cross")
+    assert model.config.category_ids == (11, 12, 17, 22)  # the dataset's own ids, kept
     assert read_metadata(out / "model.safetensors")["extra"]["global_step"] == 2
+    tracks = tmp_path / "tracks"
+    assert main(["predict", "--model", str(out / "model.safetensors"), str(data / "clips"), "--task", "instance",
+                 "--out", str(tracks)]) == 0
+    assert sorted(p.name for p in tracks.glob("*_overlay.mp4")) == [
+        "train_000000_overlay.mp4", "train_000001_overlay.mp4", "train_000002_overlay.mp4",
+        "train_000003_overlay.mp4", "valid_000000_overlay.mp4"]
+    results = json.loads((tracks / "youtube_vis_results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {11, 12, 17, 22}

@@ -29,10 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("synthetic", help="write synthetic scenes as a dataset in one of your own-data formats "
                        "(no download), to try `eomt data check` and `eomt train` on")
     s.add_argument("out", help="output folder (new or empty)")
-    s.add_argument("--format", required=True, choices=["coco_panoptic_json", "coco_instance_json", "semantic_folder"],
-                   help="dataset format to write")
-    s.add_argument("--train", type=int, default=64, help="number of train images (default: 64)")
-    s.add_argument("--val", type=int, default=16, help="number of val images (default: 16)")
+    s.add_argument("--format", required=True,
+                   choices=["coco_panoptic_json", "coco_instance_json", "semantic_folder", "ytvis"],
+                   help="dataset format to write; ytvis: videos of moving shapes in the YouTube-VIS format (splits train and "
+                        "valid, JPEG frames, and each video as an mp4 in clips/)")
+    s.add_argument("--train", type=int, default=64, help="number of train images or videos (default: 64)")
+    s.add_argument("--val", type=int, default=16, help="number of val images or videos (default: 16)")
     s.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--jpeg", action="store_true", help="write images as JPEG (default: PNG, lossless)")
@@ -121,10 +123,12 @@ def _synthetic(args: argparse.Namespace) -> int:
 
     from eomt.data.export import EXPORT_FORMATS, export_synthetic, layout
 
-    splits = {"train": args.train, "val": args.val}
+    video = args.format == "ytvis"  # YouTube-VIS names its val split "valid"
+    splits = {"train": args.train, "valid" if video else "val": args.val}
     out = export_synthetic(args.out, args.format, splits=splits, size=args.size, seed=args.seed,
                            image_format="jpg" if args.jpeg else "png", overwrite=args.overwrite)
-    print(f"wrote synthetic scenes as {args.format} ({args.train} train, {args.val} val images, "
+    what = "videos" if video else "images"
+    print(f"wrote synthetic {what} as {args.format} ({args.train} train, {args.val} val {what}, "
           f"{args.size}x{args.size}, seed {args.seed}) to {out}:")
     paths = layout(args.format, splits)
     width = max(len(p) for p in paths)
@@ -133,6 +137,8 @@ def _synthetic(args: argparse.Namespace) -> int:
     config, root = EXPORT_FORMATS[args.format][1], shlex.quote(str(out))
     print(f"next: eomt data check {config} data.root={root}")
     print(f"then: eomt train {config} data.root={root}")
+    if video and (out / "clips").is_dir():
+        print(f"and:  eomt predict --model MODEL {shlex.quote(str(out / 'clips'))} --out tracks/")
     return 0
 
 

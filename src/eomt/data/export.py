@@ -8,6 +8,8 @@ read, so `eomt data check custom/coco_panoptic data.root=out` and `eomt train ..
   coco_instance_json  annotations/instances_{split}.json (RLE masks), {split}/NNNNNN.png
   semantic_folder     images/{split}/NNNNNN.png, labels/{split}/NNNNNN.png (class index, 255 ignore),
                       classes.txt
+  ytvis               {split}.json, {split}/JPEGImages/NNNNNN/NNNNN.jpg, clips/{split}_NNNNNN.mp4:
+                      synthetic videos (`eomt.data.export_video`)
 
 Image NNNNNN of a split is item NNNNNN of `SyntheticScenes(n, size, split_seed(seed, split), task)`.
 The COCO formats carry the dataset's own category ids, deliberately not contiguous
@@ -43,6 +45,7 @@ EXPORT_FORMATS: dict[str, tuple[str, str]] = {
     "coco_panoptic_json": ("panoptic", "custom/coco_panoptic"),
     "coco_instance_json": ("instance", "custom/coco_instance"),
     "semantic_folder": ("semantic", "custom/semantic_folder"),
+    "ytvis": ("instance", "ytvis/videomt_large_640"),
 }
 DEFAULT_CATEGORY_IDS: dict[str, int] = {
     "circle": 11, "square": 12, "triangle": 17, "cross": 22, "sky": 31, "ground": 40,
@@ -73,11 +76,16 @@ def layout(format: str, splits: Mapping[str, int]) -> dict[str, str]:
         elif format == "coco_instance_json":
             out[f"annotations/instances_{split}.json"] = f"images, RLE masks and categories of {n} images"
             out[f"{split}/"] = f"{n} images"
+        elif format == "ytvis":
+            out[f"{split}.json"] = f"videos, tracks (RLE per frame) and categories of {n} videos"
+            out[f"{split}/"] = f"JPEGImages/: the frames of {n} videos"
         else:
             out[f"images/{split}/"] = f"{n} images"
             out[f"labels/{split}/"] = f"{n} label PNGs"
     if format == "semantic_folder":
         out["classes.txt"] = f"{len(SYNTHETIC_NAMES)} class names, one per line"
+    if format == "ytvis":
+        out["clips/"] = "each video as an mp4, to try `eomt predict` on"
     return out
 
 
@@ -92,6 +100,7 @@ def export_synthetic(
     image_format: str = "png",
     max_things: int = 4,
     overwrite: bool = False,
+    video_length: int = 12,
 ) -> Path:
     """Write synthetic scenes under `out_dir` in `format` (see the module docstring); returns the folder.
 
@@ -100,6 +109,8 @@ def export_synthetic(
     order circle, square, triangle, cross, sky, ground (default `DEFAULT_CATEGORY_IDS`); not for
     semantic_folder. image_format: "png" (lossless, default) or "jpg". An existing non-empty
     `out_dir` is refused unless `overwrite`, which replaces the paths of `layout` and keeps the rest.
+    ytvis writes videos of `video_length` frames (always JPEG, as the format's frames) and
+    annotates the thing classes only (splits count videos).
     """
     task = _task_of(format)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
@@ -116,7 +127,14 @@ def export_synthetic(
     out = _prepare(Path(out_dir), format, splits, overwrite)
     for split, n in splits.items():
         scenes = SyntheticScenes(n, size=size, seed=split_seed(seed, split), task=task, max_things=max_things)
-        if format == "coco_panoptic_json":
+        if format == "ytvis":
+            from eomt.data.export_video import write_youtube_vis
+            from eomt.data.video_synthetic import SyntheticVideos
+
+            videos = SyntheticVideos(n, size=size, video_length=video_length, clip_length=None,
+                                     seed=split_seed(seed, split), task="instance", max_things=max_things)
+            write_youtube_vis(out, split, videos, ids[: len(SYNTHETIC_THING_NAMES)], _save_image, _write_json)
+        elif format == "coco_panoptic_json":
             _write_panoptic(out, split, scenes, ids, pil_format, suffix)
         elif format == "coco_instance_json":
             _write_instance(out, split, scenes, ids, pil_format, suffix)
