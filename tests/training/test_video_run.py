@@ -79,6 +79,15 @@ def test_an_interrupted_video_run_resumes_at_its_step(finished: tuple[Path, Any]
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_run_that_ends_inside_its_first_epoch_says_that_no_validation_ran(
+        finished: tuple[Path, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        module = engine.train(video_config(tmp_path / "run", "train.max_steps=1"), progress=False)
+    assert not getattr(module, "last_metrics", None)
+    assert any(r.getMessage().startswith("no validation ran: the run ended at step 1") for r in caplog.records)
+    assert finished[1].last_metrics  # the 4-step run ends on its epoch's end: validated, no such line
+
+
 class CtrlC(Crash):
     def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
         if trainer.global_step >= self.step:

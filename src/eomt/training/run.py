@@ -176,6 +176,11 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     # weights_only=False: the full state (optimizer, loops), as the periodic checkpoints; said
     # explicitly, Lightning logs no "`weights_only` was not set" line.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    if trainer.is_global_zero and t.val_every_n_epochs > 0 and not getattr(module, "last_metrics", None):
+        # Lightning validates at epoch ends: a run that stops inside an epoch that is due has none.
+        log.warning("no validation ran: the run ended at step %d, before an epoch end where validation is due "
+                    "(train.val_every_n_epochs=%d); score the model with `eomt eval`", trainer.global_step,
+                    t.val_every_n_epochs)
     if trainer.is_global_zero:
         # The step tells a rerun that this model is the end of the run (`rerun`).
         kind.save(unwrap_compiled(module.network), out / "model.safetensors", extra={"global_step": trainer.global_step})
