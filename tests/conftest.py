@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +41,15 @@ def trained_synthetic_model(tmp_path_factory: pytest.TempPathFactory):
     data = EoMTDataModule(cfg.data, cfg.model, seed=cfg.train.seed)
     data.setup("validate")
     return out / "model.safetensors", data.val_set
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """A tiny panoptic EoMT file (5 classes "a".."e", stuff 3 and 4, masked attention off), random weights."""
+    from eomt.checkpoints import save_model
+    from eomt.config import tiny_config
+    from eomt.models import EoMT
+
+    model = EoMT(tiny_config(task="panoptic", stuff_classes=(3, 4), class_names=("a", "b", "c", "d", "e")))
+    model.set_attn_mask_probs([0.0, 0.0])
+    return save_model(model, tmp_path / "tiny.safetensors")

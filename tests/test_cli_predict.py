@@ -9,20 +9,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from eomt.checkpoints import save_model
 from eomt.cli import main
-from eomt.config import tiny_config
 from eomt.inference.formats import rgb_to_id
-from eomt.models import EoMT
 
 GOOD = {"a": (40, 64), "b": (64, 30), "c": (50, 50)}  # stem -> (H, W)
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    model = EoMT(tiny_config(task="panoptic", stuff_classes=(3, 4), class_names=("a", "b", "c", "d", "e")))
-    model.set_attn_mask_probs([0.0, 0.0])
-    return save_model(model, tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -13,13 +13,11 @@ from pycocotools import mask as mask_utils
 
 pytest.importorskip("av")
 
-from eomt.checkpoints import save_model  # noqa: E402
 from eomt.cli import main  # noqa: E402
 from eomt.config import tiny_config  # noqa: E402
 from eomt.data.synthetic import SyntheticScenes  # noqa: E402
 from eomt.inference.formats import rgb_to_id  # noqa: E402
 from eomt.inference.video_io import VideoWriter, probe_video, read_frames  # noqa: E402
-from eomt.models import EoMT  # noqa: E402
 
 
 def pan(image: np.ndarray, frames: int, shift: int) -> np.ndarray:
@@ -33,13 +31,6 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
         for f in frames:
             video.write(f)
     return path
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    model = EoMT(tiny_config(task="panoptic", stuff_classes=(3, 4), class_names=("a", "b", "c", "d", "e")))
-    model.set_attn_mask_probs([0.0, 0.0])
-    return save_model(model, tmp_path / "tiny.safetensors")
 
 
 @pytest.fixture
